@@ -1,0 +1,1 @@
+"""Route Django reads to PostgreSQL replicas."""

@@ -1,0 +1,681 @@
+"""A throwaway PostgreSQL primary with streaming replicas, for tests, demos and benchmarks.
+
+Used as a library::
+
+    cluster = Cluster("/tmp/pg")
+    cluster.up(replicas=2)
+    cluster.pause("replica_1")
+    ...
+    cluster.down()
+
+and as a command::
+
+    python -m replica_router.testing.cluster up --dir .cluster --replicas 2
+    python -m replica_router.testing.cluster env --dir .cluster
+    python -m replica_router.testing.cluster run --dir .cluster -- pytest
+
+Every server listens on 127.0.0.1 only, on ports picked free at creation and
+recorded in ``DIR/cluster.json``; loopback connections are trusted, nothing else
+is accepted. When run as root the servers run as the ``postgres`` account,
+because PostgreSQL refuses to run as root.
+"""
+
+from __future__ import annotations
+
+import argparse
+import contextlib
+import glob
+import json
+import os
+import pwd
+import shutil
+import signal
+import socket
+import subprocess
+import sys
+import time
+from collections.abc import Iterator, Sequence
+from dataclasses import asdict, dataclass
+from pathlib import Path
+from typing import Any
+
+import psycopg
+
+PRIMARY = "primary"
+STATE_FILE = "cluster.json"
+SERVER_ACCOUNT = "postgres"
+DBNAME = "app"
+SUPERUSER = "postgres"
+
+# Durability is worthless for a throwaway cluster and costs seconds per test run.
+_SERVER_SETTINGS = """
+listen_addresses = '127.0.0.1'
+unix_socket_directories = ''
+max_connections = 300
+shared_buffers = 32MB
+fsync = off
+synchronous_commit = off
+full_page_writes = off
+wal_level = replica
+max_wal_senders = 10
+wal_keep_size = 512MB
+hot_standby = on
+hot_standby_feedback = on
+wal_receiver_status_interval = 1s
+track_commit_timestamp = on
+log_min_messages = warning
+include_if_exists = 'node.conf'
+include_if_exists = 'faults.conf'
+"""
+
+_HBA = """
+host all all 127.0.0.1/32 trust
+host replication all 127.0.0.1/32 trust
+"""
+
+
+class ClusterError(RuntimeError):
+    """The local cluster could not be created, started or changed."""
+
+
+@dataclass
+class NodeStatus:
+    name: str
+    role: str
+    port: int
+    pid: int | None
+    up: bool
+    lsn: str | None
+
+
+def find_bindir() -> Path:
+    """Locate the PostgreSQL server binaries, or explain how to install them."""
+    candidates: list[Path] = []
+    env_bindir = os.environ.get("PG_BINDIR")
+    if env_bindir:
+        candidates.append(Path(env_bindir))
+    pg_config = shutil.which("pg_config")
+    if pg_config:
+        with contextlib.suppress(subprocess.CalledProcessError, OSError):
+            out = subprocess.run(
+                [pg_config, "--bindir"], capture_output=True, text=True, check=True
+            ).stdout.strip()
+            candidates.append(Path(out))
+    # Debian/Ubuntu keep each major version apart; prefer the newest.
+    versioned = sorted(
+        glob.glob("/usr/lib/postgresql/*/bin"),
+        key=lambda p: int(Path(p).parent.name) if Path(p).parent.name.isdigit() else 0,
+        reverse=True,
+    )
+    candidates.extend(Path(p) for p in versioned)
+    initdb_on_path = shutil.which("initdb")
+    if initdb_on_path:
+        candidates.append(Path(initdb_on_path).parent)
+    for bindir in candidates:
+        if (bindir / "initdb").exists() and (bindir / "pg_ctl").exists():
+            return bindir
+    raise ClusterError(
+        "PostgreSQL server binaries (initdb, pg_ctl, pg_basebackup) were not found.\n"
+        "Install PostgreSQL 13 or newer:\n"
+        "  Debian/Ubuntu: sudo apt-get install postgresql\n"
+        "  macOS:         brew install postgresql@16\n"
+        "or point PG_BINDIR at the directory that holds initdb."
+    )
+
+
+def _free_port() -> int:
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
+        s.bind(("127.0.0.1", 0))
+        port: int = s.getsockname()[1]
+        return port
+
+
+class Cluster:
+    """A primary named ``primary`` and replicas named ``replica_1``, ``replica_2``, ..."""
+
+    def __init__(self, directory: str | os.PathLike[str], *, bindir: Path | None = None) -> None:
+        self.dir = Path(directory).resolve()
+        self._bindir = bindir
+        self._as_account = os.geteuid() == 0
+
+    # -- state ---------------------------------------------------------------
+
+    @property
+    def bindir(self) -> Path:
+        if self._bindir is None:
+            self._bindir = find_bindir()
+        return self._bindir
+
+    @property
+    def state_path(self) -> Path:
+        return self.dir / STATE_FILE
+
+    def exists(self) -> bool:
+        return self.state_path.exists()
+
+    def _state(self) -> dict[str, Any]:
+        try:
+            state: dict[str, Any] = json.loads(self.state_path.read_text())
+        except FileNotFoundError:
+            raise ClusterError(f"No cluster in {self.dir}: run 'up' first.") from None
+        return state
+
+    def _save_state(self, state: dict[str, Any]) -> None:
+        tmp = self.state_path.with_suffix(".tmp")
+        tmp.write_text(json.dumps(state, indent=2))
+        tmp.replace(self.state_path)
+
+    @property
+    def ports(self) -> dict[str, int]:
+        ports: dict[str, int] = self._state()["ports"]
+        return ports
+
+    @property
+    def replicas(self) -> list[str]:
+        return [name for name in self.ports if name != PRIMARY]
+
+    @property
+    def nodes(self) -> list[str]:
+        return list(self.ports)
+
+    def port(self, name: str) -> int:
+        try:
+            return self.ports[name]
+        except KeyError:
+            raise ClusterError(
+                f"No node named {name!r}; the nodes are {', '.join(self.nodes)}."
+            ) from None
+
+    def datadir(self, name: str) -> Path:
+        return self.dir / name
+
+    def url(self, name: str, dbname: str = DBNAME) -> str:
+        return f"postgres://{SUPERUSER}@127.0.0.1:{self.port(name)}/{dbname}"
+
+    def conninfo(self, name: str, dbname: str = DBNAME) -> str:
+        return (
+            f"host=127.0.0.1 port={self.port(name)} user={SUPERUSER} dbname={dbname} "
+            "connect_timeout=2"
+        )
+
+    def env(self) -> dict[str, str]:
+        """The environment variables a Django settings module reads to use this cluster."""
+        return {
+            "DATABASE_URL": self.url(PRIMARY),
+            "REPLICA_URLS": ",".join(self.url(name) for name in self.replicas),
+            "REPLICA_ROUTER_CLUSTER_DIR": str(self.dir),
+        }
+
+    # -- processes -----------------------------------------------------------
+
+    def _run(self, args: Sequence[str], *, check: bool = True) -> subprocess.CompletedProcess[str]:
+        cmd = list(args)
+        if self._as_account:
+            cmd = ["runuser", "-u", SERVER_ACCOUNT, "--", *cmd]
+        result = subprocess.run(cmd, capture_output=True, text=True, cwd="/")
+        if check and result.returncode != 0:
+            raise ClusterError(
+                f"{Path(args[0]).name} failed ({result.returncode}):\n{result.stderr or result.stdout}"
+            )
+        return result
+
+    def _bin(self, name: str) -> str:
+        return str(self.bindir / name)
+
+    def _chown(self, path: Path) -> None:
+        if not self._as_account:
+            return
+        try:
+            account = pwd.getpwnam(SERVER_ACCOUNT)
+        except KeyError:
+            raise ClusterError(
+                "Running as root, but there is no 'postgres' account to run the servers as "
+                "(PostgreSQL refuses to run as root). Create one: useradd --system postgres"
+            ) from None
+        for root, dirs, files in os.walk(path):
+            for entry in [root, *(os.path.join(root, d) for d in dirs)]:
+                os.chown(entry, account.pw_uid, account.pw_gid)
+            for f in files:
+                os.chown(os.path.join(root, f), account.pw_uid, account.pw_gid)
+
+    def pid(self, name: str) -> int | None:
+        """The postmaster's pid if it is running, else None."""
+        pidfile = self.datadir(name) / "postmaster.pid"
+        try:
+            pid = int(pidfile.read_text().split("\n", 1)[0])
+        except (FileNotFoundError, ValueError):
+            return None
+        try:
+            os.kill(pid, 0)
+        except ProcessLookupError:
+            return None
+        except PermissionError:
+            pass
+        # A zombie or a recycled pid is not our postmaster.
+        try:
+            cmdline = Path(f"/proc/{pid}/cmdline").read_bytes()
+        except FileNotFoundError:
+            return None
+        if b"postgres" not in cmdline and b"postmaster" not in cmdline:
+            return None
+        stat = Path(f"/proc/{pid}/stat").read_text()
+        if stat.rsplit(")", 1)[1].split()[0] == "Z":
+            return None
+        return pid
+
+    def is_up(self, name: str) -> bool:
+        return self.pid(name) is not None
+
+    # -- lifecycle -----------------------------------------------------------
+
+    def up(self, replicas: int = 2, *, timeout: float = 60.0) -> bool:
+        """Create and start the cluster; return False if it was already running.
+
+        On an existing cluster, nodes that are down are started again.
+        """
+        if replicas < 0:
+            raise ValueError(f"replicas must be >= 0, got {replicas}")
+        if self.exists():
+            if all(self.is_up(n) for n in self.nodes):
+                return False
+            for name in self.nodes:
+                if not self.is_up(name):
+                    self.start(name)
+            self.wait_streaming(timeout=timeout)
+            return True
+        self.bindir  # noqa: B018 - fail early with the install hint
+        self.dir.mkdir(parents=True, exist_ok=True)
+        names = [PRIMARY] + [f"replica_{i}" for i in range(1, replicas + 1)]
+        self._save_state({"ports": {name: _free_port() for name in names}})
+        self._chown(self.dir)
+        try:
+            self._create_primary()
+            for name in names[1:]:
+                self._create_replica(name)
+            self.wait_streaming(timeout=timeout)
+        except BaseException:
+            self.down()
+            raise
+        return True
+
+    def _write_node_file(self, name: str, filename: str, text: str) -> None:
+        path = self.datadir(name) / filename
+        path.write_text(text)
+        self._chown(path)
+
+    def _create_primary(self) -> None:
+        datadir = self.datadir(PRIMARY)
+        self._run(
+            [
+                self._bin("initdb"),
+                "--pgdata",
+                str(datadir),
+                "--username",
+                SUPERUSER,
+                "--auth",
+                "trust",
+                "--no-sync",
+                "--no-instructions",
+                "--encoding",
+                "UTF8",
+                "--locale",
+                "C",
+            ]
+        )
+        with open(datadir / "postgresql.conf", "a") as conf:
+            conf.write(_SERVER_SETTINGS)
+        (datadir / "pg_hba.conf").write_text(_HBA)
+        self._write_node_file(PRIMARY, "node.conf", f"port = {self.port(PRIMARY)}\n")
+        self.start(PRIMARY)
+        with psycopg.connect(self.conninfo(PRIMARY, "postgres"), autocommit=True) as conn:
+            conn.execute(f"CREATE DATABASE {DBNAME}")
+
+    def _create_replica(self, name: str) -> None:
+        datadir = self.datadir(name)
+        primary_conninfo = (
+            f"host=127.0.0.1 port={self.port(PRIMARY)} user={SUPERUSER} application_name={name}"
+        )
+        self._run(
+            [
+                self._bin("pg_basebackup"),
+                "--pgdata",
+                str(datadir),
+                "--dbname",
+                primary_conninfo,
+                "--write-recovery-conf",
+                "--checkpoint",
+                "fast",
+                "--wal-method",
+                "stream",
+                "--no-sync",
+            ]
+        )
+        # -R records the conninfo it connected with; set it explicitly so the
+        # primary's pg_stat_replication names each replica by its alias.
+        with open(datadir / "postgresql.auto.conf", "a") as auto:
+            auto.write(f"primary_conninfo = '{primary_conninfo}'\n")
+        self._write_node_file(name, "node.conf", f"port = {self.port(name)}\n")
+        with contextlib.suppress(FileNotFoundError):
+            (datadir / "faults.conf").unlink()
+        self.start(name)
+
+    def start(self, name: str, *, timeout: float = 30.0) -> None:
+        """Start a node (after ``kill`` or ``stop``); a running node is left alone."""
+        self.port(name)
+        if self.is_up(name):
+            return
+        deadline = time.monotonic() + timeout
+        while True:
+            result = self._run(
+                [
+                    self._bin("pg_ctl"),
+                    "start",
+                    "--pgdata",
+                    str(self.datadir(name)),
+                    "--log",
+                    str(self.dir / f"{name}.log"),
+                    "--wait",
+                    "--timeout",
+                    str(max(1, int(timeout))),
+                ],
+                check=False,
+            )
+            if result.returncode == 0:
+                return
+            # After a SIGKILL the old postmaster's children may still hold the
+            # shared memory for a moment; a retry succeeds once they are gone.
+            if time.monotonic() > deadline:
+                log = self.dir / f"{name}.log"
+                tail = log.read_text()[-2000:] if log.exists() else ""
+                raise ClusterError(f"could not start {name}:\n{result.stderr}\n{tail}")
+            time.sleep(0.2)
+
+    def stop(self, name: str, *, mode: str = "fast") -> None:
+        """Stop a node cleanly."""
+        if not self.is_up(name):
+            return
+        self._run(
+            [self._bin("pg_ctl"), "stop", "--pgdata", str(self.datadir(name)), "--mode", mode]
+        )
+
+    def stop_primary(self) -> None:
+        self.stop(PRIMARY)
+
+    def kill(self, name: str) -> None:
+        """SIGKILL a node's postmaster, the way a crashed host looks to its clients."""
+        pid = self.pid(name)
+        if pid is None:
+            raise ClusterError(f"{name} is not running")
+        os.kill(pid, signal.SIGKILL)
+        deadline = time.monotonic() + 10
+        while self.is_up(name) and time.monotonic() < deadline:
+            time.sleep(0.02)
+
+    def down(self) -> None:
+        """Stop every node and remove the cluster's directory."""
+        if self.exists():
+            for name in self.nodes:
+                with contextlib.suppress(ClusterError):
+                    self.stop(name, mode="immediate")
+        for pid in self._orphans():
+            with contextlib.suppress(ProcessLookupError):
+                os.kill(pid, signal.SIGKILL)
+        shutil.rmtree(self.dir, ignore_errors=True)
+
+    def _orphans(self) -> list[int]:
+        """Server processes still running from this cluster's data directories."""
+        found = []
+        marker = str(self.dir).encode()
+        for proc in Path("/proc").iterdir():
+            if not proc.name.isdigit():
+                continue
+            try:
+                cmdline = (proc / "cmdline").read_bytes()
+            except OSError:
+                continue
+            if marker in cmdline and (b"postgres" in cmdline or b"postmaster" in cmdline):
+                found.append(int(proc.name))
+        return found
+
+    # -- replication ---------------------------------------------------------
+
+    @contextlib.contextmanager
+    def connect(self, name: str, dbname: str = DBNAME) -> Iterator[psycopg.Connection[Any]]:
+        with psycopg.connect(self.conninfo(name, dbname), autocommit=True) as conn:
+            yield conn
+
+    def query(self, name: str, sql: str, params: Sequence[Any] = ()) -> Any:
+        """Run one statement on a node and return the first column of the first row."""
+        with self.connect(name) as conn:
+            row = conn.execute(sql, params).fetchone()  # type: ignore[arg-type]
+            return None if row is None else row[0]
+
+    def streaming(self) -> set[str]:
+        with self.connect(PRIMARY) as conn:
+            rows = conn.execute(
+                "SELECT application_name FROM pg_stat_replication WHERE state = 'streaming'"
+            ).fetchall()
+        return {row[0] for row in rows}
+
+    def wait_streaming(self, names: Sequence[str] | None = None, *, timeout: float = 30.0) -> None:
+        """Wait until the primary lists each replica as ``streaming``."""
+        wanted = set(self.replicas if names is None else names)
+        deadline = time.monotonic() + timeout
+        while True:
+            try:
+                missing = wanted - self.streaming()
+            except psycopg.OperationalError:
+                missing = wanted
+            if not missing:
+                return
+            if time.monotonic() > deadline:
+                raise ClusterError(f"not streaming after {timeout}s: {', '.join(sorted(missing))}")
+            time.sleep(0.05)
+
+    def primary_lsn(self) -> str:
+        return str(self.query(PRIMARY, "SELECT pg_current_wal_lsn()"))
+
+    def replay_lsn(self, name: str) -> str | None:
+        lsn = self.query(name, "SELECT pg_last_wal_replay_lsn()")
+        return None if lsn is None else str(lsn)
+
+    def lag_bytes(self, name: str, target_lsn: str) -> int:
+        """How many bytes ``name`` has yet to replay to reach ``target_lsn``."""
+        with self.connect(name) as conn:
+            row = conn.execute(
+                "SELECT pg_wal_lsn_diff(%s::pg_lsn, pg_last_wal_replay_lsn())", (target_lsn,)
+            ).fetchone()
+        assert row is not None
+        return max(0, int(row[0]))
+
+    def wait_replayed(
+        self, names: Sequence[str] | None = None, *, lsn: str | None = None, timeout: float = 30.0
+    ) -> None:
+        """Wait until each replica has replayed the primary's current WAL position."""
+        target = lsn or self.primary_lsn()
+        pending = list(self.replicas if names is None else names)
+        deadline = time.monotonic() + timeout
+        while pending:
+            pending = [n for n in pending if self.lag_bytes(n, target) > 0]
+            if not pending:
+                return
+            if time.monotonic() > deadline:
+                raise ClusterError(f"{', '.join(pending)} did not replay {target} in {timeout}s")
+            time.sleep(0.02)
+
+    # -- faults --------------------------------------------------------------
+
+    def pause(self, name: str) -> None:
+        """Pause WAL replay: the replica keeps receiving WAL but its data stops moving."""
+        self._require_replica(name)
+        self.query(name, "SELECT pg_wal_replay_pause()")
+
+    def resume(self, name: str) -> None:
+        self._require_replica(name)
+        self.query(name, "SELECT pg_wal_replay_resume()")
+
+    def is_paused(self, name: str) -> bool:
+        return bool(self.query(name, "SELECT pg_is_wal_replay_paused()"))
+
+    @contextlib.contextmanager
+    def paused(self, name: str) -> Iterator[None]:
+        """Hold a replica behind for the duration of a ``with`` block."""
+        self.pause(name)
+        try:
+            yield
+        finally:
+            if self.is_up(name):
+                self.resume(name)
+
+    def delay(self, name: str, seconds: float) -> None:
+        """Apply WAL on ``name`` only ``seconds`` after the primary committed it (0 clears)."""
+        self._require_replica(name)
+        if seconds < 0:
+            raise ValueError(f"seconds must be >= 0, got {seconds}")
+        text = f"recovery_min_apply_delay = '{int(seconds * 1000)}ms'\n" if seconds else ""
+        self._write_node_file(name, "faults.conf", text)
+        self.query(name, "SELECT pg_reload_conf()")
+
+    def _require_replica(self, name: str) -> None:
+        if name not in self.replicas:
+            raise ClusterError(
+                f"{name!r} is not a replica; the replicas are {', '.join(self.replicas)}."
+            )
+
+    # -- reporting -----------------------------------------------------------
+
+    def status(self) -> list[NodeStatus]:
+        rows = []
+        for name in self.nodes:
+            pid = self.pid(name)
+            lsn = None
+            role = "primary" if name == PRIMARY else "replica"
+            if pid is not None:
+                with contextlib.suppress(psycopg.Error):
+                    with self.connect(name) as conn:
+                        row = conn.execute(
+                            "SELECT pg_is_in_recovery(), CASE WHEN pg_is_in_recovery() "
+                            "THEN pg_last_wal_replay_lsn() ELSE pg_current_wal_lsn() END"
+                        ).fetchone()
+                    assert row is not None
+                    role = "replica" if row[0] else "primary"
+                    lsn = str(row[1])
+            rows.append(NodeStatus(name, role, self.port(name), pid, pid is not None, lsn))
+        return rows
+
+
+# -- command line ------------------------------------------------------------
+
+
+def _print_status(cluster: Cluster) -> None:
+    print(f"{'node':<12}{'role':<9}{'port':<7}{'pid':<9}{'state':<7}replay LSN")
+    for s in cluster.status():
+        print(
+            f"{s.name:<12}{s.role:<9}{s.port:<7}{s.pid or '-'!s:<9}"
+            f"{'up' if s.up else 'down':<7}{s.lsn or '-'}"
+        )
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(
+        prog="python -m replica_router.testing.cluster",
+        description="A local PostgreSQL primary with streaming replicas, on 127.0.0.1.",
+    )
+    # --dir is accepted before or after the subcommand.
+    common = argparse.ArgumentParser(add_help=False)
+    common.add_argument(
+        "--dir",
+        default=argparse.SUPPRESS,
+        help="cluster directory (default: $REPLICA_ROUTER_CLUSTER_DIR or .cluster)",
+    )
+    parser.add_argument(
+        "--dir", default=os.environ.get("REPLICA_ROUTER_CLUSTER_DIR", ".cluster")
+    )
+    sub = parser.add_subparsers(dest="command", required=True)
+
+    def command(name: str, text: str) -> argparse.ArgumentParser:
+        return sub.add_parser(name, help=text, parents=[common])
+
+    up = command("up", "create and start the cluster (idempotent)")
+    up.add_argument("--replicas", type=int, default=2)
+    command("down", "stop every node and remove the directory")
+    status = command("status", "role, port, pid, up/down and replay LSN per node")
+    status.add_argument("--json", action="store_true")
+    command("env", "print DATABASE_URL and REPLICA_URLS")
+    for name, text in [
+        ("pause", "pause WAL replay on a replica"),
+        ("resume", "resume WAL replay on a replica"),
+        ("kill", "SIGKILL a node's postmaster"),
+        ("start", "start a node that is down"),
+    ]:
+        command(name, text).add_argument("name")
+    delay = command("delay", "set recovery_min_apply_delay on a replica")
+    delay.add_argument("name")
+    delay.add_argument("seconds", type=float)
+    command("stop-primary", "stop the primary (fast shutdown)")
+    run = command("run", "bring the cluster up, run a command with its env, tear it down")
+    run.add_argument("--replicas", type=int, default=2)
+    run.add_argument("argv", nargs=argparse.REMAINDER)
+
+    args = parser.parse_args(argv)
+    cluster = Cluster(args.dir)
+    try:
+        if args.command == "up":
+            started = time.monotonic()
+            if cluster.up(args.replicas):
+                print(
+                    f"cluster up in {cluster.dir} "
+                    f"({len(cluster.replicas)} replicas, {time.monotonic() - started:.1f}s)"
+                )
+            else:
+                print(f"cluster already running in {cluster.dir}")
+            _print_status(cluster)
+        elif args.command == "down":
+            cluster.down()
+            print(f"cluster in {cluster.dir} is down and removed")
+        elif args.command == "status":
+            if args.json:
+                print(json.dumps([asdict(s) for s in cluster.status()], indent=2))
+            else:
+                _print_status(cluster)
+        elif args.command == "env":
+            for key, value in cluster.env().items():
+                print(f"{key}={value}")
+        elif args.command == "delay":
+            cluster.delay(args.name, args.seconds)
+        elif args.command == "stop-primary":
+            cluster.stop_primary()
+        elif args.command == "run":
+            return _run_with_cluster(cluster, args.replicas, args.argv)
+        else:
+            getattr(cluster, args.command)(args.name)
+    except ClusterError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 1
+    return 0
+
+
+def _run_with_cluster(cluster: Cluster, replicas: int, argv: list[str]) -> int:
+    if argv and argv[0] == "--":
+        argv = argv[1:]
+    if not argv:
+        print("error: run needs a command after --", file=sys.stderr)
+        return 2
+    created = not cluster.exists()
+    started = time.monotonic()
+    cluster.up(replicas)
+    print(
+        f"cluster ready in {time.monotonic() - started:.1f}s: "
+        f"primary + {len(cluster.replicas)} replicas in {cluster.dir}",
+        flush=True,
+    )
+    try:
+        return subprocess.call(argv, env={**os.environ, **cluster.env()})
+    finally:
+        # A cluster the caller started by hand is theirs to stop.
+        if created:
+            cluster.down()
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,49 @@
+"""Settings for the test suite: a real primary and its streaming replicas.
+
+The cluster is named by REPLICA_ROUTER_CLUSTER_DIR, which ``make test`` (through
+``python -m replica_router.testing.cluster run``) sets.
+"""
+
+from __future__ import annotations
+
+import os
+
+from django.core.exceptions import ImproperlyConfigured
+
+from replica_router.testing.cluster import Cluster
+
+_cluster_dir = os.environ.get("REPLICA_ROUTER_CLUSTER_DIR")
+if not _cluster_dir:
+    raise ImproperlyConfigured(
+        "The tests need a replicated cluster: run 'make test', or "
+        "'python -m replica_router.testing.cluster run -- pytest'."
+    )
+CLUSTER = Cluster(_cluster_dir)
+
+
+def _alias(node: str, **extra: object) -> dict[str, object]:
+    return {
+        "ENGINE": "django.db.backends.postgresql",
+        "HOST": "127.0.0.1",
+        "PORT": CLUSTER.port(node),
+        "NAME": "app",
+        "USER": "postgres",
+        **extra,
+    }
+
+
+DATABASES = {"default": _alias("primary")}
+for _name in CLUSTER.replicas:
+    DATABASES[_name] = _alias(_name, TEST={"MIRROR": "default"})
+
+SECRET_KEY = "tests-only-not-secret"
+USE_TZ = True
+INSTALLED_APPS = [
+    "django.contrib.auth",
+    "django.contrib.contenttypes",
+    "django.contrib.sessions",
+    "tests.testapp",
+]
+DEFAULT_AUTO_FIELD = "django.db.models.BigAutoField"
+ROOT_URLCONF = "tests.urls"
+MIDDLEWARE: list[str] = []
