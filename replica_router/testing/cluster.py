@@ -31,6 +31,7 @@ import pwd
 import shutil
 import signal
 import socket
+import stat
 import subprocess
 import sys
 import time
@@ -54,7 +55,6 @@ unix_socket_directories = ''
 max_connections = 300
 shared_buffers = 32MB
 fsync = off
-synchronous_commit = off
 full_page_writes = off
 wal_level = replica
 max_wal_senders = 10
@@ -214,9 +214,8 @@ class Cluster:
             cmd = ["runuser", "-u", SERVER_ACCOUNT, "--", *cmd]
         result = subprocess.run(cmd, capture_output=True, text=True, cwd="/")
         if check and result.returncode != 0:
-            raise ClusterError(
-                f"{Path(args[0]).name} failed ({result.returncode}):\n{result.stderr or result.stdout}"
-            )
+            output = result.stderr or result.stdout
+            raise ClusterError(f"{Path(args[0]).name} failed ({result.returncode}):\n{output}")
         return result
 
     def _bin(self, name: str) -> str:
@@ -251,6 +250,8 @@ class Cluster:
             return None
         except PermissionError:
             pass
+        if not Path("/proc/self").exists():  # macOS: no /proc, trust kill(0)
+            return pid
         # A zombie or a recycled pid is not our postmaster.
         try:
             cmdline = Path(f"/proc/{pid}/cmdline").read_bytes()
@@ -258,8 +259,8 @@ class Cluster:
             return None
         if b"postgres" not in cmdline and b"postmaster" not in cmdline:
             return None
-        stat = Path(f"/proc/{pid}/stat").read_text()
-        if stat.rsplit(")", 1)[1].split()[0] == "Z":
+        proc_stat = Path(f"/proc/{pid}/stat").read_text()
+        if proc_stat.rsplit(")", 1)[1].split()[0] == "Z":
             return None
         return pid
 
@@ -284,6 +285,7 @@ class Cluster:
             self.wait_streaming(timeout=timeout)
             return True
         self.bindir  # noqa: B018 - fail early with the install hint
+        self._check_reachable()
         self.dir.mkdir(parents=True, exist_ok=True)
         names = [PRIMARY] + [f"replica_{i}" for i in range(1, replicas + 1)]
         self._save_state({"ports": {name: _free_port() for name in names}})
@@ -297,6 +299,17 @@ class Cluster:
             self.down()
             raise
         return True
+
+    def _check_reachable(self) -> None:
+        if not self._as_account:
+            return
+        for parent in self.dir.parents:
+            if parent.exists() and not parent.stat().st_mode & stat.S_IXOTH:
+                raise ClusterError(
+                    f"The {SERVER_ACCOUNT!r} account that runs the servers cannot enter {parent}, "
+                    f"so it cannot reach {self.dir}. Choose a directory it can reach, such as "
+                    "one under /tmp."
+                )
 
     def _write_node_file(self, name: str, filename: str, text: str) -> None:
         path = self.datadir(name) / filename
@@ -403,6 +416,7 @@ class Cluster:
 
     def kill(self, name: str) -> None:
         """SIGKILL a node's postmaster, the way a crashed host looks to its clients."""
+        self.port(name)
         pid = self.pid(name)
         if pid is None:
             raise ClusterError(f"{name} is not running")
@@ -445,9 +459,12 @@ class Cluster:
             yield conn
 
     def query(self, name: str, sql: str, params: Sequence[Any] = ()) -> Any:
-        """Run one statement on a node and return the first column of the first row."""
+        """Run one statement on a node; return the first column of its first row, if any."""
         with self.connect(name) as conn:
-            row = conn.execute(sql, params).fetchone()  # type: ignore[arg-type]
+            cursor = conn.execute(sql, params)
+            if cursor.description is None:
+                return None
+            row = cursor.fetchone()
             return None if row is None else row[0]
 
     def streaming(self) -> set[str]:
@@ -588,9 +605,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         default=argparse.SUPPRESS,
         help="cluster directory (default: $REPLICA_ROUTER_CLUSTER_DIR or .cluster)",
     )
-    parser.add_argument(
-        "--dir", default=os.environ.get("REPLICA_ROUTER_CLUSTER_DIR", ".cluster")
-    )
+    parser.add_argument("--dir", default=os.environ.get("REPLICA_ROUTER_CLUSTER_DIR", ".cluster"))
     sub = parser.add_subparsers(dest="command", required=True)
 
     def command(name: str, text: str) -> argparse.ArgumentParser:

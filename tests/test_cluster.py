@@ -1,0 +1,223 @@
+"""The local cluster itself: real servers, real replication, real faults.
+
+Everything the library promises is proven on this cluster, so a cluster that
+only pretends to replicate (or to pause, or to die) would make every other
+test meaningless.
+"""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+import tempfile
+import time
+import uuid
+from pathlib import Path
+
+import psycopg
+import pytest
+
+from replica_router.testing.cluster import PRIMARY, Cluster, ClusterError
+
+
+def _table(cluster: Cluster) -> str:
+    name = f"t_{uuid.uuid4().hex[:10]}"
+    cluster.query(PRIMARY, f"CREATE TABLE {name} (id int PRIMARY KEY)")
+    return name
+
+
+def _count(cluster: Cluster, node: str, table: str) -> int:
+    return int(cluster.query(node, f"SELECT count(*) FROM {table}"))
+
+
+def _server_processes(directory: Path) -> list[int]:
+    marker = str(directory).encode()
+    pids = []
+    for proc in Path("/proc").iterdir():
+        if proc.name.isdigit():
+            try:
+                if marker in (proc / "cmdline").read_bytes():
+                    pids.append(int(proc.name))
+            except OSError:
+                pass
+    return pids
+
+
+def test_a_row_written_on_the_primary_reaches_every_replica(replica_cluster: Cluster) -> None:
+    table = _table(replica_cluster)
+    replica_cluster.query(PRIMARY, f"INSERT INTO {table} VALUES (1), (2), (3)")
+    replica_cluster.wait_replayed()
+    for name in replica_cluster.replicas:
+        assert _count(replica_cluster, name, table) == 3
+        assert replica_cluster.query(name, "SELECT pg_is_in_recovery()") is True
+    assert replica_cluster.query(PRIMARY, "SELECT pg_is_in_recovery()") is False
+
+
+def test_replicas_stream_under_their_alias(replica_cluster: Cluster) -> None:
+    assert replica_cluster.streaming() == set(replica_cluster.replicas)
+
+
+def test_replicas_refuse_writes(replica_cluster: Cluster) -> None:
+    table = _table(replica_cluster)
+    replica_cluster.wait_replayed()
+    with pytest.raises(psycopg.errors.ReadOnlySqlTransaction):
+        replica_cluster.query("replica_1", f"INSERT INTO {table} VALUES (1)")
+
+
+def test_pause_freezes_replay_while_the_primary_moves_on(replica_cluster: Cluster) -> None:
+    table = _table(replica_cluster)
+    replica_cluster.wait_replayed()
+    replica_cluster.pause("replica_1")
+    frozen = replica_cluster.replay_lsn("replica_1")
+    before = replica_cluster.primary_lsn()
+
+    replica_cluster.query(PRIMARY, f"INSERT INTO {table} SELECT generate_series(1, 100)")
+    replica_cluster.wait_replayed(["replica_2"])  # the other replica is not held back
+
+    assert replica_cluster.primary_lsn() != before
+    assert replica_cluster.replay_lsn("replica_1") == frozen
+    assert replica_cluster.lag_bytes("replica_1", replica_cluster.primary_lsn()) > 0
+    assert _count(replica_cluster, "replica_1", table) == 0
+    assert _count(replica_cluster, "replica_2", table) == 100
+
+    replica_cluster.resume("replica_1")
+    replica_cluster.wait_replayed(["replica_1"])
+    assert _count(replica_cluster, "replica_1", table) == 100
+
+
+def test_paused_context_manager_resumes_on_error(replica_cluster: Cluster) -> None:
+    with pytest.raises(ZeroDivisionError), replica_cluster.paused("replica_2"):
+        assert replica_cluster.is_paused("replica_2")
+        1 / 0  # noqa: B018
+    assert not replica_cluster.is_paused("replica_2")
+
+
+def test_pause_replica_fixture_holds_a_replica_behind(replica_cluster: Cluster, pause_replica):
+    table = _table(replica_cluster)
+    replica_cluster.wait_replayed()
+    pause_replica("replica_2")
+    replica_cluster.query(PRIMARY, f"INSERT INTO {table} VALUES (1)")
+    replica_cluster.wait_replayed(["replica_1"])
+    assert _count(replica_cluster, "replica_2", table) == 0
+
+
+def test_apply_delay_holds_commits_back(replica_cluster: Cluster, delay_replica) -> None:
+    table = _table(replica_cluster)
+    replica_cluster.wait_replayed()
+    delay_replica("replica_1", 1.5)
+    replica_cluster.query(PRIMARY, f"INSERT INTO {table} VALUES (1)")
+    replica_cluster.wait_replayed(["replica_2"])
+    assert _count(replica_cluster, "replica_1", table) == 0
+    replica_cluster.wait_replayed(["replica_1"], timeout=15)
+    assert _count(replica_cluster, "replica_1", table) == 1
+
+
+def test_faults_name_only_replicas(replica_cluster: Cluster) -> None:
+    with pytest.raises(ClusterError, match="not a replica"):
+        replica_cluster.pause(PRIMARY)
+    with pytest.raises(ClusterError, match="No node named"):
+        replica_cluster.kill("replica_9")
+
+
+def test_up_on_a_running_cluster_is_a_no_op(replica_cluster: Cluster) -> None:
+    pids = {name: replica_cluster.pid(name) for name in replica_cluster.nodes}
+    assert replica_cluster.up(len(replica_cluster.replicas)) is False
+    assert {name: replica_cluster.pid(name) for name in replica_cluster.nodes} == pids
+
+
+@pytest.fixture(scope="module")
+def own_cluster():
+    """A second, one-replica cluster that these tests may kill and tear down."""
+    cluster = Cluster(tempfile.mkdtemp(prefix="own-cluster-"))
+    cluster.up(replicas=1)
+    yield cluster
+    cluster.down()
+
+
+def _cli(cluster: Cluster, *args: str) -> subprocess.CompletedProcess[str]:
+    return subprocess.run(
+        [sys.executable, "-m", "replica_router.testing.cluster", *args, "--dir", str(cluster.dir)],
+        capture_output=True,
+        text=True,
+        env={k: v for k, v in os.environ.items() if k != "REPLICA_ROUTER_CLUSTER_DIR"},
+    )
+
+
+def test_kill_shows_the_node_down_and_start_brings_it_back(own_cluster: Cluster) -> None:
+    assert _cli(own_cluster, "kill", "replica_1").returncode == 0
+    status = {s.name: s for s in own_cluster.status()}
+    assert status["replica_1"].up is False
+    assert status["replica_1"].pid is None
+    assert status[PRIMARY].up is True
+    with pytest.raises(psycopg.OperationalError):
+        own_cluster.query("replica_1", "SELECT 1")
+    assert "replica_1   replica  " in _cli(own_cluster, "status").stdout
+    assert " down " in _cli(own_cluster, "status").stdout
+
+    assert _cli(own_cluster, "start", "replica_1").returncode == 0
+    own_cluster.wait_streaming()
+    assert own_cluster.query("replica_1", "SELECT pg_is_in_recovery()") is True
+
+
+def test_stop_primary_leaves_replicas_serving_reads(own_cluster: Cluster) -> None:
+    assert _cli(own_cluster, "stop-primary").returncode == 0
+    assert own_cluster.is_up(PRIMARY) is False
+    assert own_cluster.query("replica_1", "SELECT 1") == 1
+    own_cluster.start(PRIMARY)
+    own_cluster.wait_streaming()
+
+
+def test_env_prints_urls_for_every_node(own_cluster: Cluster) -> None:
+    out = _cli(own_cluster, "env").stdout
+    primary_port, replica_port = own_cluster.port(PRIMARY), own_cluster.port("replica_1")
+    assert f"DATABASE_URL=postgres://postgres@127.0.0.1:{primary_port}/app" in out
+    assert f"REPLICA_URLS=postgres://postgres@127.0.0.1:{replica_port}/app" in out
+
+
+def test_servers_listen_on_loopback_only(own_cluster: Cluster) -> None:
+    assert own_cluster.query(PRIMARY, "SHOW listen_addresses") == "127.0.0.1"
+    assert own_cluster.query("replica_1", "SHOW listen_addresses") == "127.0.0.1"
+
+
+def test_down_leaves_no_server_process_and_no_directory(own_cluster: Cluster) -> None:
+    assert _server_processes(own_cluster.dir)
+    assert _cli(own_cluster, "down").returncode == 0
+    deadline = time.monotonic() + 10
+    while _server_processes(own_cluster.dir) and time.monotonic() < deadline:
+        time.sleep(0.05)
+    assert _server_processes(own_cluster.dir) == []
+    assert not own_cluster.dir.exists()
+
+
+def test_run_brings_a_cluster_up_for_a_command_and_removes_it() -> None:
+    directory = Path(tempfile.mkdtemp(prefix="run-cluster-"))
+    probe = (
+        "import os, psycopg; "
+        "urls = [os.environ['DATABASE_URL'], *os.environ['REPLICA_URLS'].split(',')]; "
+        "print([psycopg.connect(u).execute('select pg_is_in_recovery()').fetchone()[0] "
+        "for u in urls])"
+    )
+    result = subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "replica_router.testing.cluster",
+            "run",
+            "--dir",
+            str(directory),
+            "--replicas",
+            "1",
+            "--",
+            sys.executable,
+            "-c",
+            probe,
+        ],
+        capture_output=True,
+        text=True,
+        env={k: v for k, v in os.environ.items() if k != "REPLICA_ROUTER_CLUSTER_DIR"},
+    )
+    assert result.returncode == 0, result.stderr
+    assert "[False, True]" in result.stdout
+    assert not directory.exists()
+    assert _server_processes(directory) == []
