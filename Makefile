@@ -9,14 +9,14 @@ CLUSTER_DIR ?= /tmp/replica-router-$(shell printf '%s' "$(CURDIR)" | cksum | cut
 CLUSTER := $(BIN)/python -m replica_router.testing.cluster
 REPLICAS ?= 2
 
-.PHONY: install test lint format test-matrix cluster-up cluster-down cluster-status docs clean
+.PHONY: install test lint format test-matrix cluster-up cluster-down cluster-status docs bench clean
 
 install: $(VENV)/.installed
 
 $(VENV)/.installed: pyproject.toml
 	$(PYTHON) -m venv $(VENV)
 	$(BIN)/python -m pip install --quiet --upgrade pip
-	$(BIN)/python -m pip install --quiet -e '.[env]' --group dev --group docs
+	$(BIN)/python -m pip install --quiet -e '.[env]' --group dev --group docs --group bench
 	touch $@
 
 # Brings a cluster up (or reuses one from `make cluster-up`), runs pytest
@@ -49,6 +49,10 @@ cluster-status: install
 
 docs: install
 	$(BIN)/sphinx-build -W --keep-going -q -b html docs docs/_build/html
+
+# Benchmarks print their figures; each compares side by side in one process.
+bench: install
+	$(BIN)/python bench/bench_router.py
 
 clean: cluster-down
 	rm -rf $(VENV) .nox docs/_build

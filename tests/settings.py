@@ -35,6 +35,16 @@ def _alias(node: str, **extra: object) -> dict[str, object]:
 DATABASES = {"default": _alias("primary")}
 for _name in CLUSTER.replicas:
     DATABASES[_name] = _alias(_name, TEST={"MIRROR": "default"})
+# One replica with persistent connections and one behind Django's native psycopg
+# pool, so both connection styles are exercised by every routing test.
+DATABASES["replica_1"]["CONN_MAX_AGE"] = 60
+DATABASES["replica_2"]["OPTIONS"] = {"pool": {"min_size": 1, "max_size": 8, "timeout": 5}}
+
+DATABASE_ROUTERS = ["replica_router.ReplicaRouter"]
+REPLICA_ROUTER = {
+    "PRIMARY": "default",
+    "REPLICAS": dict.fromkeys(CLUSTER.replicas, 1),
+}
 
 SECRET_KEY = "tests-only-not-secret"
 USE_TZ = True
@@ -42,6 +52,7 @@ INSTALLED_APPS = [
     "django.contrib.auth",
     "django.contrib.contenttypes",
     "django.contrib.sessions",
+    "replica_router",
     "tests.testapp",
 ]
 DEFAULT_AUTO_FIELD = "django.db.models.BigAutoField"

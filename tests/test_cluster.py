@@ -65,10 +65,12 @@ def test_replicas_refuse_writes(replica_cluster: Cluster) -> None:
         replica_cluster.query("replica_1", f"INSERT INTO {table} VALUES (1)")
 
 
-def test_pause_freezes_replay_while_the_primary_moves_on(replica_cluster: Cluster) -> None:
+def test_pause_freezes_replay_while_the_primary_moves_on(
+    replica_cluster: Cluster, pause_replica
+) -> None:
     table = _table(replica_cluster)
     replica_cluster.wait_replayed()
-    replica_cluster.pause("replica_1")
+    pause_replica("replica_1")
     frozen = replica_cluster.replay_lsn("replica_1")
     before = replica_cluster.primary_lsn()
 

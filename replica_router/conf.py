@@ -1,0 +1,386 @@
+"""Read ``settings.REPLICA_ROUTER`` through one place and turn it into a typed config.
+
+Every key and its default lives in :data:`DEFAULTS`. Adding a setting is one line
+there plus one field on :class:`RouterConfig` (the field is the key lower-cased);
+its value is validated from the type of its default, or from :data:`CHOICES` for
+a string with a fixed set of values, unless it needs a parser of its own in
+``_PARSERS``.
+
+:func:`parse_settings` never raises: it returns the best config it can build plus
+a list of problems, so that the system checks can report every problem at once.
+:func:`get_config` raises :class:`~replica_router.exceptions.ReplicaRouterConfigError`
+if there is any problem, and caches its result until ``override_settings`` (or
+anything else that sends ``setting_changed``) changes ``REPLICA_ROUTER`` or
+``DATABASES``.
+"""
+
+from __future__ import annotations
+
+import difflib
+import functools
+import math
+import re
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass, fields
+from types import MappingProxyType
+from typing import Any, Final, Literal, NamedTuple
+
+from django.conf import settings
+from django.core.signals import setting_changed
+
+from replica_router.exceptions import ReplicaRouterConfigError
+
+__all__ = [
+    "CHOICES",
+    "DEFAULTS",
+    "MAX_WEIGHT",
+    "ConfigProblem",
+    "RouterConfig",
+    "get_config",
+    "parse_settings",
+]
+
+SETTING_NAME: Final = "REPLICA_ROUTER"
+
+DEFAULTS: Final[Mapping[str, object]] = MappingProxyType(
+    {
+        "PRIMARY": "default",
+        "REPLICAS": MappingProxyType({}),
+        "PRIMARY_ONLY": (),
+        "MAX_LAG_SECONDS": 5.0,
+        "MAX_LAG_BYTES": 16 * 1024 * 1024,
+        "CHECK_INTERVAL": 1.0,
+        "CHECK_TIMEOUT": 0.5,
+        "RECOVERY_CHECKS": 2,
+        "FALLBACK": "primary",
+        "READ_YOUR_WRITES": "lsn",
+        "PIN_SECONDS": 5.0,
+        "COOKIE_NAME": "replica_router",
+    }
+)
+
+CHOICES: Final[Mapping[str, tuple[str, ...]]] = MappingProxyType(
+    {
+        "FALLBACK": ("primary", "least_lagged", "error"),
+        "READ_YOUR_WRITES": ("lsn", "time", "off"),
+    }
+)
+
+#: The largest weight a replica may have. Weights are shares, so small numbers
+#: say everything; the cap keeps one period of the schedule small.
+MAX_WEIGHT: Final = 1000
+
+# Settings whose change invalidates the cached config (and the router's state).
+WATCHED_SETTINGS: Final = frozenset({SETTING_NAME, "DATABASES"})
+
+Fallback = Literal["primary", "least_lagged", "error"]
+ReadYourWrites = Literal["lsn", "time", "off"]
+
+
+@dataclass(frozen=True, slots=True)
+class RouterConfig:
+    """The validated contents of ``settings.REPLICA_ROUTER``, defaults filled in."""
+
+    primary: str
+    #: Replica alias -> weight, in the order the settings list them.
+    replicas: Mapping[str, int]
+    #: Lower-cased app labels ("sessions") and model labels ("billing.invoice").
+    primary_only: frozenset[str]
+    max_lag_seconds: float
+    max_lag_bytes: int
+    check_interval: float
+    check_timeout: float
+    recovery_checks: int
+    fallback: Fallback
+    read_your_writes: ReadYourWrites
+    pin_seconds: float
+    cookie_name: str
+
+
+class ConfigProblem(NamedTuple):
+    """One thing wrong with ``settings.REPLICA_ROUTER``, worded for a system check."""
+
+    id: str
+    message: str
+    hint: str
+
+
+class _Invalid(Exception):
+    """Raised by a value parser; carries the problem to report."""
+
+    def __init__(self, problem: ConfigProblem) -> None:
+        super().__init__(problem.message)
+        self.problem = problem
+
+
+def _show(value: object, limit: int = 80) -> str:
+    """repr() for messages: short, and never raising on a hostile object."""
+    try:
+        text = repr(value)
+    except Exception:
+        return f"<{type(value).__name__} object>"
+    return text if len(text) <= limit else text[: limit - 3] + "..."
+
+
+def _key(name: str) -> str:
+    return f"{SETTING_NAME}[{name!r}]"
+
+
+def _bad_value(name: str, value: object, expected: str, hint: str | None = None) -> _Invalid:
+    return _Invalid(
+        ConfigProblem(
+            "replica_router.E009",
+            f"{_key(name)} must be {expected}, not {_show(value)}.",
+            hint
+            or f"Set {_key(name)} to {expected}, or remove it to use the default "
+            f"{_show(DEFAULTS[name])}.",
+        )
+    )
+
+
+def _is_alias(value: object) -> bool:
+    return isinstance(value, str) and bool(value)
+
+
+# -- parsers for one value ------------------------------------------------------
+# Each takes (name, value) and returns the parsed value or raises _Invalid.
+
+
+def _parse_alias(name: str, value: object) -> str:
+    if not isinstance(value, str) or not value:
+        raise _bad_value(name, value, "a database alias (a non-empty str)")
+    return value
+
+
+def _parse_positive_float(name: str, value: object) -> float:
+    # bool is an int; True seconds is a typo, not a number.
+    if isinstance(value, bool) or not isinstance(value, int | float):
+        raise _bad_value(name, value, "a positive number")
+    result = float(value)
+    if not (result > 0 and math.isfinite(result)):
+        raise _bad_value(name, value, "a positive number")
+    return result
+
+
+def _parse_positive_int(name: str, value: object) -> int:
+    if isinstance(value, bool) or not isinstance(value, int) or value <= 0:
+        raise _bad_value(name, value, "a positive int")
+    return value
+
+
+def _parse_choice(name: str, value: object) -> str:
+    choices = CHOICES[name]
+    if value not in choices:
+        expected = "one of " + ", ".join(repr(c) for c in choices)
+        raise _bad_value(name, value, expected)
+    return str(value)
+
+
+_COOKIE_NAME = re.compile(r"[!#$%&'*+\-.^_`|~0-9A-Za-z]+")  # RFC 6265 token
+
+
+def _parse_cookie_name(name: str, value: object) -> str:
+    if not isinstance(value, str) or not _COOKIE_NAME.fullmatch(value):
+        raise _bad_value(name, value, "a cookie name (letters, digits and !#$%&'*+-.^_`|~)")
+    return value
+
+
+def _parse_primary_only(name: str, value: object) -> frozenset[str]:
+    if isinstance(value, str) or not isinstance(value, list | tuple | set | frozenset):
+        raise _bad_value(
+            name,
+            value,
+            "a list of app labels and model labels",
+            hint="For example ['sessions', 'billing.Invoice'].",
+        )
+    entries: set[str] = set()
+    for entry in value:
+        if not isinstance(entry, str) or not entry:
+            raise _bad_value(
+                name,
+                value,
+                "a list of app labels and model labels",
+                hint=f"Each entry must be a non-empty str; {_show(entry)} is not.",
+            )
+        entries.add(entry.lower())
+    return frozenset(entries)
+
+
+_PARSERS: Final[Mapping[str, Callable[[str, object], object]]] = MappingProxyType(
+    {
+        "PRIMARY": _parse_alias,
+        "PRIMARY_ONLY": _parse_primary_only,
+        "COOKIE_NAME": _parse_cookie_name,
+    }
+)
+
+
+def _parser_for(name: str) -> Callable[[str, object], object]:
+    if name in _PARSERS:
+        return _PARSERS[name]
+    if name in CHOICES:
+        return _parse_choice
+    default = DEFAULTS[name]
+    if isinstance(default, float):
+        return _parse_positive_float
+    if isinstance(default, int):
+        return _parse_positive_int
+    raise AssertionError(f"No parser for {name}: add one to _PARSERS.")  # pragma: no cover
+
+
+def _parse_replicas(value: object, primary: str, problems: list[ConfigProblem]) -> dict[str, int]:
+    """Parse REPLICAS leniently: keep every valid entry, report every invalid one."""
+    name = "REPLICAS"
+    replicas: dict[str, int] = {}
+    if isinstance(value, Mapping):
+        items: list[tuple[object, object]] = list(value.items())
+    elif isinstance(value, list | tuple):
+        items = []
+        seen: set[str] = set()
+        for alias in value:
+            if isinstance(alias, str) and alias in seen:
+                problems.append(
+                    ConfigProblem(
+                        "replica_router.E005",
+                        f"{_key(name)} lists {alias!r} more than once.",
+                        "List each alias once. To give a replica a bigger share of reads, "
+                        f"use a dict of weights, e.g. {{{alias!r}: 2}}.",
+                    )
+                )
+                continue
+            if isinstance(alias, str):
+                seen.add(alias)
+            items.append((alias, 1))
+    else:
+        hint = (
+            f"Wrap a single alias in a list: [{value!r}]."
+            if isinstance(value, str)
+            else "For example {'replica_1': 2, 'replica_2': 1} or ['replica_1', 'replica_2']."
+        )
+        problems.append(
+            _bad_value(name, value, "a dict of alias to weight, or a list of aliases", hint).problem
+        )
+        return replicas
+
+    for alias, weight in items:
+        if not _is_alias(alias):
+            problems.append(
+                _bad_value(
+                    name,
+                    value,
+                    "a dict of alias to weight, or a list of aliases",
+                    hint=f"Each alias must be a non-empty str; {_show(alias)} is not.",
+                ).problem
+            )
+            continue
+        assert isinstance(alias, str)
+        if isinstance(weight, bool) or not isinstance(weight, int) or not 0 <= weight <= MAX_WEIGHT:
+            problems.append(
+                ConfigProblem(
+                    "replica_router.E004",
+                    f"{_key(name)} gives {alias!r} the weight {_show(weight)}; a weight must be "
+                    f"an int from 0 to {MAX_WEIGHT}.",
+                    "Use 1 for an equal share, a bigger int for a bigger share, "
+                    "and 0 to drain a replica.",
+                )
+            )
+            continue
+        if alias == primary:
+            problems.append(
+                ConfigProblem(
+                    "replica_router.E003",
+                    f"{_key(name)} lists the primary {alias!r} as a replica.",
+                    f"Remove {alias!r} from {_key(name)}: reads already go to the primary "
+                    "when no replica can serve them (see FALLBACK).",
+                )
+            )
+            continue
+        replicas[alias] = weight
+    return replicas
+
+
+def parse_settings(raw: object) -> tuple[RouterConfig, list[ConfigProblem]]:
+    """Parse a ``REPLICA_ROUTER`` value without raising.
+
+    Returns the config, with the default in place of each invalid value, and the
+    problems found, in the order of the keys.
+    """
+    problems: list[ConfigProblem] = []
+    if not isinstance(raw, Mapping):
+        problems.append(
+            ConfigProblem(
+                "replica_router.E008",
+                f"settings.{SETTING_NAME} must be a dict, not {type(raw).__name__} {_show(raw)}.",
+                f"Write {SETTING_NAME} = {{'REPLICAS': {{'replica_1': 1}}}}; "
+                "see docs/settings.md for every key.",
+            )
+        )
+        raw = {}
+    assert isinstance(raw, Mapping)
+
+    for key in raw:
+        if key not in DEFAULTS:
+            close = (
+                difflib.get_close_matches(key.upper(), list(DEFAULTS), n=1)
+                if isinstance(key, str)
+                else []
+            )
+            suggestion = f"Did you mean {close[0]!r}? " if close else ""
+            problems.append(
+                ConfigProblem(
+                    "replica_router.E008",
+                    f"settings.{SETTING_NAME} has an unknown key {_show(key)}.",
+                    f"{suggestion}The valid keys are {', '.join(DEFAULTS)}.",
+                )
+            )
+
+    values: dict[str, Any] = {}
+    for name, default in DEFAULTS.items():
+        if name == "REPLICAS":
+            continue  # needs PRIMARY; parsed below.
+        if name not in raw:
+            values[name.lower()] = _parser_for(name)(name, default)
+            continue
+        try:
+            values[name.lower()] = _parser_for(name)(name, raw[name])
+        except _Invalid as invalid:
+            problems.append(invalid.problem)
+            values[name.lower()] = _parser_for(name)(name, default)
+
+    replicas = _parse_replicas(raw.get("REPLICAS", {}), values["primary"], problems)
+    values["replicas"] = MappingProxyType(replicas)
+    return RouterConfig(**values), problems
+
+
+def _check_complete() -> None:
+    # A setting added to DEFAULTS without a RouterConfig field (or the reverse)
+    # would fail on first use; fail at import instead.
+    names = {f.name for f in fields(RouterConfig)}
+    if names != {key.lower() for key in DEFAULTS}:  # pragma: no cover
+        raise AssertionError(f"RouterConfig fields {sorted(names)} do not match DEFAULTS.")
+
+
+_check_complete()
+
+
+@functools.cache
+def get_config() -> RouterConfig:
+    """Return the validated ``settings.REPLICA_ROUTER``, cached until settings change.
+
+    Raises :class:`~replica_router.exceptions.ReplicaRouterConfigError` (an
+    ``ImproperlyConfigured``) listing every problem; ``manage.py check`` reports
+    the same problems with hints.
+    """
+    config, problems = parse_settings(getattr(settings, SETTING_NAME, {}))
+    if problems:
+        details = "\n".join(f"- {p.message} {p.hint} ({p.id})" for p in problems)
+        raise ReplicaRouterConfigError(f"settings.{SETTING_NAME} is invalid:\n{details}")
+    return config
+
+
+def _on_setting_changed(*, setting: str, **kwargs: object) -> None:
+    if setting in WATCHED_SETTINGS:
+        get_config.cache_clear()
+
+
+setting_changed.connect(_on_setting_changed, dispatch_uid="replica_router.conf")

@@ -1,0 +1,172 @@
+"""The DATABASE_ROUTERS class: writes go to the primary, reads to the replicas.
+
+Django calls ``db_for_read`` for every query, so it does no I/O and no settings
+lookups: everything it needs is in a :class:`_Routing` built once from the config
+and rebuilt when ``override_settings`` changes ``REPLICA_ROUTER`` or ``DATABASES``.
+"""
+
+from __future__ import annotations
+
+import threading
+from asyncio import _get_running_loop
+from typing import TYPE_CHECKING, Any
+
+from django.core.signals import setting_changed
+from django.db import connections
+
+from replica_router.balancer import Balancer
+from replica_router.conf import WATCHED_SETTINGS, RouterConfig, get_config
+from replica_router.exceptions import NoReplicaAvailable
+from replica_router.pinning import _forced
+
+if TYPE_CHECKING:
+    from django.db.backends.base.base import BaseDatabaseWrapper
+    from django.db.models import Model
+
+__all__ = ["ReplicaRouter", "get_balancer"]
+
+
+class _Routing:
+    """Everything the router needs, derived once from a :class:`RouterConfig`."""
+
+    __slots__ = ("aliases", "balancer", "config", "local", "primary", "primary_only", "replicas")
+
+    def __init__(self, config: RouterConfig) -> None:
+        self.config = config
+        self.primary = config.primary
+        self.replicas = frozenset(config.replicas)
+        self.aliases = self.replicas | {config.primary}
+        # The seam for the health monitor: it calls set_weights() on this balancer
+        # with the weights of the replicas it finds fit to serve reads.
+        self.balancer = Balancer(weights=config.replicas)
+        # model class -> True if its reads must go to the primary. Filled lazily;
+        # a racing double fill writes the same value.
+        self.primary_only: dict[type[Model], bool] = {}
+        # A per-thread cache of this thread's primary connection wrapper, so the
+        # in-transaction check skips the costly ``connections[alias]`` lookup.
+        # This is not request state (that lives in context variables): Django
+        # binds each wrapper to the thread that created it, and a threading.local
+        # drops the entry when the thread ends, as Django's own storage does.
+        self.local = threading.local()
+
+    def is_primary_only(self, model: type[Model]) -> bool:
+        """Decide, and cache, whether PRIMARY_ONLY covers ``model``."""
+        labels = self.config.primary_only
+        if not hasattr(model, "_meta"):  # not a model class; nothing to match
+            return False
+        meta = model._meta
+        owners = [meta]
+        if meta.concrete_model is not None:  # a proxy follows its concrete model
+            owners.append(meta.concrete_model._meta)
+        if isinstance(meta.auto_created, type):
+            # The table behind a ManyToManyField follows the model that declares it.
+            owners.append(meta.auto_created._meta)
+        decision = any(
+            owner.app_label.lower() in labels or owner.label_lower in labels for owner in owners
+        )
+        self.primary_only[model] = decision
+        return decision
+
+    def thread_primary(self) -> BaseDatabaseWrapper:
+        """This thread's wrapper for the primary, cached in ``self.local``."""
+        # Creating the wrapper does not connect; Django would create it anyway.
+        wrapper: BaseDatabaseWrapper = connections[self.primary]
+        self.local.primary = wrapper
+        return wrapper
+
+    def no_replica(self) -> str:
+        """Where a read goes when the balancer has no replica to offer."""
+        if self.replicas and self.config.fallback == "error":
+            raise NoReplicaAvailable(
+                "No replica can serve this read and FALLBACK is 'error' "
+                f"(replicas: {', '.join(sorted(self.replicas))})."
+            )
+        # "least_lagged" needs lag data; until the health monitor provides it
+        # (through the balancer), the primary is the only safe choice.
+        return self.primary
+
+
+_routing: _Routing | None = None
+_routing_lock = threading.Lock()
+
+
+def _current_routing() -> _Routing:
+    global _routing
+    with _routing_lock:
+        if _routing is None:
+            _routing = _Routing(get_config())
+        return _routing
+
+
+def _on_setting_changed(*, setting: str, **kwargs: object) -> None:
+    global _routing
+    if setting in WATCHED_SETTINGS:
+        with _routing_lock:
+            _routing = None
+
+
+setting_changed.connect(_on_setting_changed, dispatch_uid="replica_router.router")
+
+
+def get_balancer() -> Balancer:
+    """The balancer the router picks replicas from (for the health monitor).
+
+    Ask again rather than keeping it: a change of settings replaces it.
+    """
+    return _current_routing().balancer
+
+
+class ReplicaRouter:
+    """Send writes to the primary and spread reads over the replicas by weight.
+
+    A read goes to the primary instead when it runs under ``use_primary``, inside
+    ``transaction.atomic()`` on the primary (so it sees the transaction's own
+    writes), for a model or app in ``PRIMARY_ONLY``, or when no replica is
+    configured. Configure it with ``settings.REPLICA_ROUTER``; see docs/router.md.
+    """
+
+    def db_for_read(self, model: type[Model], **hints: Any) -> str:
+        routing = _routing or _current_routing()
+        if _forced.get():
+            return routing.primary
+        primary_only = routing.primary_only.get(model)
+        if primary_only is None:
+            primary_only = routing.is_primary_only(model)
+        if primary_only:
+            return routing.primary
+        # Inside atomic() on the primary a read must see the transaction's own
+        # writes. Inlined rather than a helper: this runs on every read.
+        if _get_running_loop() is None:
+            try:
+                wrapper = routing.local.primary
+            except AttributeError:
+                wrapper = routing.thread_primary()
+        else:
+            # In an event loop thread Django keeps one wrapper per task context,
+            # so the per-thread cache would be wrong; ask Django.
+            wrapper = connections[routing.primary]
+        if wrapper.in_atomic_block:
+            return routing.primary
+        alias = routing.balancer.pick()
+        if alias is None:
+            return routing.no_replica()
+        return alias
+
+    def db_for_write(self, model: type[Model], **hints: Any) -> str:
+        return (_routing or _current_routing()).primary
+
+    def allow_relation(self, obj1: Model, obj2: Model, **hints: Any) -> bool | None:
+        aliases = (_routing or _current_routing()).aliases
+        if obj1._state.db in aliases and obj2._state.db in aliases:
+            return True
+        return None
+
+    def allow_migrate(
+        self, db: str, app_label: str, model_name: str | None = None, **hints: Any
+    ) -> bool | None:
+        routing = _routing or _current_routing()
+        if db == routing.primary:
+            return True
+        if db in routing.replicas:
+            return False
+        return None

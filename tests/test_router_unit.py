@@ -1,0 +1,245 @@
+"""Routing decisions that need no database: the router does no I/O to make them.
+
+The end-to-end behaviour against real standbys is in tests/test_router.py; these
+tests pin down each rule and its edge cases quickly.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import subprocess
+import sys
+import threading
+from collections import Counter
+
+import pytest
+from django.contrib.auth.models import User
+from django.contrib.sessions.models import Session
+from django.core.exceptions import ImproperlyConfigured
+from django.db import OperationalError, connections
+from django.db import router as django_router
+from django.test import override_settings
+from django.test.utils import isolate_apps
+
+import replica_router
+from replica_router import NoReplicaAvailable, ReplicaRouter, use_primary
+from replica_router.router import get_balancer
+from tests.testapp.models import Author, Book
+
+WEIGHTED = {"REPLICAS": {"replica_1": 3, "replica_2": 1}}
+
+
+@pytest.fixture
+def router():
+    return ReplicaRouter()
+
+
+def reads(router, model, n):
+    return Counter(router.db_for_read(model) for _ in range(n))
+
+
+@override_settings(REPLICA_ROUTER=WEIGHTED)
+def test_reads_follow_the_weights_and_writes_go_to_the_primary(router):
+    assert reads(router, Author, 400) == {"replica_1": 300, "replica_2": 100}
+    assert router.db_for_write(Author) == "default"
+
+
+@override_settings(REPLICA_ROUTER=WEIGHTED, DATABASE_ROUTERS=["replica_router.ReplicaRouter"])
+def test_django_uses_the_router_from_its_dotted_path():
+    assert django_router.db_for_read(Author) in {"replica_1", "replica_2"}
+    assert django_router.db_for_write(Author) == "default"
+
+
+@override_settings(REPLICA_ROUTER={"PRIMARY": "replica_2", "REPLICAS": ["replica_1"]})
+def test_custom_primary_alias(router):
+    assert router.db_for_write(Author) == "replica_2"
+    assert reads(router, Author, 3) == {"replica_1": 3}
+    with use_primary():
+        assert router.db_for_read(Author) == "replica_2"
+
+
+@override_settings(REPLICA_ROUTER=WEIGHTED)
+def test_use_primary_block_and_decorator(router):
+    with use_primary():
+        assert reads(router, Author, 10) == {"default": 10}
+
+    @use_primary
+    def read():
+        return router.db_for_read(Book)
+
+    assert read() == "default"
+    # And only while active.
+    assert router.db_for_read(Author) != "default"
+
+
+@override_settings(REPLICA_ROUTER=WEIGHTED)
+def test_use_primary_in_one_asyncio_task_does_not_pin_another(router):
+    async def main():
+        gate = asyncio.Event()
+
+        @use_primary
+        async def pinned():
+            await gate.wait()
+            return router.db_for_read(Author)
+
+        async def unpinned():
+            await gate.wait()
+            return router.db_for_read(Author)
+
+        tasks = [asyncio.create_task(pinned()), asyncio.create_task(unpinned())]
+        await asyncio.sleep(0)  # both tasks are now waiting at the gate
+        gate.set()
+        return await asyncio.gather(*tasks)
+
+    pinned_alias, unpinned_alias = asyncio.run(main())
+    assert pinned_alias == "default"
+    assert unpinned_alias in {"replica_1", "replica_2"}
+
+
+@pytest.mark.parametrize(
+    ("primary_only", "to_primary", "to_replica"),
+    [
+        (["testapp"], [Author, Book], [Session, User]),
+        (["testapp.Author"], [Author], [Book, Session]),
+        (["TestApp.AUTHOR"], [Author], [Book]),
+        (["sessions"], [Session], [Author, User]),
+        # The table behind User.groups follows User.
+        (["auth.User"], [User, User.groups.through], [Author]),
+    ],
+)
+def test_primary_only(router, primary_only, to_primary, to_replica):
+    with override_settings(REPLICA_ROUTER={**WEIGHTED, "PRIMARY_ONLY": primary_only}):
+        for model in to_primary:
+            assert reads(router, model, 4) == {"default": 4}, model
+        for model in to_replica:
+            assert "default" not in reads(router, model, 4), model
+
+
+@isolate_apps("tests.testapp")
+def test_primary_only_covers_proxies_of_the_model(router):
+    class AuthorProxy(Author):
+        class Meta:
+            proxy = True
+            app_label = "testapp"
+
+    with override_settings(REPLICA_ROUTER={**WEIGHTED, "PRIMARY_ONLY": ["testapp.author"]}):
+        assert router.db_for_read(AuthorProxy) == "default"
+
+
+def test_primary_only_decision_is_cached_per_settings(router):
+    # The decision is cached per model class; a settings change must not reuse it.
+    with override_settings(REPLICA_ROUTER={**WEIGHTED, "PRIMARY_ONLY": ["testapp"]}):
+        assert router.db_for_read(Author) == "default"
+    with override_settings(REPLICA_ROUTER=WEIGHTED):
+        assert router.db_for_read(Author) != "default"
+
+
+@pytest.mark.parametrize("fallback", ["primary", "least_lagged", "error"])
+def test_no_replicas_configured_reads_from_primary(router, fallback):
+    with override_settings(REPLICA_ROUTER={"FALLBACK": fallback}):
+        assert reads(router, Author, 3) == {"default": 3}
+
+
+@override_settings(REPLICA_ROUTER={"REPLICAS": {"replica_1": 0, "replica_2": 0}})
+def test_all_replicas_drained_falls_back_to_primary(router):
+    assert reads(router, Author, 3) == {"default": 3}
+
+
+@override_settings(
+    REPLICA_ROUTER={"REPLICAS": {"replica_1": 0, "replica_2": 0}, "FALLBACK": "error"}
+)
+def test_all_replicas_drained_with_fallback_error_raises(router):
+    with pytest.raises(NoReplicaAvailable, match="FALLBACK is 'error'") as excinfo:
+        router.db_for_read(Author)
+    # Existing "except OperationalError" clauses still catch it.
+    assert isinstance(excinfo.value, OperationalError)
+    # use_primary needs no replica, so it still works.
+    with use_primary():
+        assert router.db_for_read(Author) == "default"
+
+
+@override_settings(REPLICA_ROUTER=WEIGHTED)
+def test_the_balancer_is_the_seam_for_taking_replicas_out(router):
+    # The health monitor will take a replica out by swapping the weights.
+    get_balancer().set_weights({"replica_1": 0, "replica_2": 1})
+    assert reads(router, Author, 5) == {"replica_2": 5}
+
+
+@override_settings(REPLICA_ROUTER=WEIGHTED)
+def test_invalid_weights_swap_keeps_routing(router):
+    with pytest.raises(ValueError):
+        get_balancer().set_weights({"replica_1": -1})
+    assert reads(router, Author, 4) == {"replica_1": 3, "replica_2": 1}
+
+
+@override_settings(REPLICA_ROUTER={"REPLICAS": "replica_1"})
+def test_invalid_settings_fail_the_read_loudly(router):
+    with pytest.raises(ImproperlyConfigured, match="Wrap a single alias in a list"):
+        router.db_for_read(Author)
+
+
+@override_settings(REPLICA_ROUTER=WEIGHTED)
+def test_in_atomic_block_is_per_thread(router):
+    # atomic() sets in_atomic_block on this thread's primary wrapper. Setting it
+    # by hand (no connection is opened) checks that the router reads this
+    # thread's wrapper, not another thread's, even after caching it.
+    wrapper = connections["default"]
+    assert router.db_for_read(Author) != "default"  # caches this thread's wrapper
+    other_thread: list[str] = []
+    wrapper.in_atomic_block = True
+    try:
+        assert reads(router, Author, 4) == {"default": 4}
+        worker = threading.Thread(target=lambda: other_thread.append(router.db_for_read(Author)))
+        worker.start()
+        worker.join()
+    finally:
+        wrapper.in_atomic_block = False
+    assert other_thread and other_thread[0] in {"replica_1", "replica_2"}
+    assert router.db_for_read(Author) != "default"
+
+
+@override_settings(REPLICA_ROUTER=WEIGHTED)
+def test_allow_relation(router):
+    def obj(alias):
+        author = Author(name="x")
+        author._state.db = alias
+        return author
+
+    assert router.allow_relation(obj("default"), obj("replica_1")) is True
+    assert router.allow_relation(obj("replica_2"), obj("replica_1")) is True
+    assert router.allow_relation(obj("default"), obj("other")) is None
+    assert router.allow_relation(obj(None), obj("default")) is None
+
+
+@override_settings(REPLICA_ROUTER=WEIGHTED)
+def test_allow_migrate(router):
+    assert router.allow_migrate("default", "testapp") is True
+    assert router.allow_migrate("replica_1", "testapp", model_name="author") is False
+    assert router.allow_migrate("replica_2", "auth") is False
+    assert router.allow_migrate("analytics", "testapp") is None
+
+
+@override_settings(REPLICA_ROUTER={"REPLICAS": {"replica_1": 0}})
+def test_allow_migrate_refuses_drained_replicas_too(router):
+    assert router.allow_migrate("replica_1", "testapp") is False
+
+
+def test_public_api():
+    assert sorted(replica_router.__all__) == ["NoReplicaAvailable", "ReplicaRouter", "use_primary"]
+    assert replica_router.ReplicaRouter is ReplicaRouter
+    with pytest.raises(AttributeError):
+        replica_router.nothing_here  # noqa: B018
+
+
+def test_importing_the_package_stays_light():
+    # replica_router is imported while INSTALLED_APPS load, before the app
+    # registry is ready: it must not import Django's ORM, nor our router.
+    code = (
+        "import sys, replica_router, replica_router.apps; "
+        "print(sorted(m for m in sys.modules "
+        "if m.startswith(('django.db.models', 'replica_router.router'))))"
+    )
+    out = subprocess.run(
+        [sys.executable, "-c", code], capture_output=True, text=True, check=True
+    ).stdout
+    assert out.strip() == "[]"
