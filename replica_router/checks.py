@@ -36,7 +36,11 @@ _Check = Callable[..., list[CheckMessage]]
 
 # Engines known to be PostgreSQL without importing them.
 _POSTGRESQL_ENGINES: Final = frozenset(
-    {"django.db.backends.postgresql", "django.contrib.gis.db.backends.postgis"}
+    {
+        "django.db.backends.postgresql",
+        "django.contrib.gis.db.backends.postgis",
+        "replica_router.backends.postgresql",
+    }
 )
 
 

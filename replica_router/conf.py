@@ -47,6 +47,7 @@ DEFAULTS: Final[Mapping[str, object]] = MappingProxyType(
         "PRIMARY": "default",
         "REPLICAS": MappingProxyType({}),
         "PRIMARY_ONLY": (),
+        "HEALTH_CHECKS": True,
         "MAX_LAG_SECONDS": 5.0,
         "MAX_LAG_BYTES": 16 * 1024 * 1024,
         "CHECK_INTERVAL": 1.0,
@@ -86,6 +87,7 @@ class RouterConfig:
     replicas: Mapping[str, int]
     #: Lower-cased app labels ("sessions") and model labels ("billing.invoice").
     primary_only: frozenset[str]
+    health_checks: bool
     max_lag_seconds: float
     max_lag_bytes: int
     check_interval: float
@@ -162,6 +164,12 @@ def _parse_positive_float(name: str, value: object) -> float:
     return result
 
 
+def _parse_bool(name: str, value: object) -> bool:
+    if not isinstance(value, bool):
+        raise _bad_value(name, value, "True or False")
+    return value
+
+
 def _parse_positive_int(name: str, value: object) -> int:
     if isinstance(value, bool) or not isinstance(value, int) or value <= 0:
         raise _bad_value(name, value, "a positive int")
@@ -221,6 +229,8 @@ def _parser_for(name: str) -> Callable[[str, object], object]:
     if name in CHOICES:
         return _parse_choice
     default = DEFAULTS[name]
+    if isinstance(default, bool):
+        return _parse_bool
     if isinstance(default, float):
         return _parse_positive_float
     if isinstance(default, int):

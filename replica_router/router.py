@@ -7,29 +7,42 @@ and rebuilt when ``override_settings`` changes ``REPLICA_ROUTER`` or ``DATABASES
 
 from __future__ import annotations
 
+import os
 import threading
 from asyncio import _get_running_loop
 from typing import TYPE_CHECKING, Any
 
 from django.core.signals import setting_changed
 from django.db import connections
+from django.db.models.signals import post_migrate, pre_migrate
 
 from replica_router.balancer import Balancer
 from replica_router.conf import WATCHED_SETTINGS, RouterConfig, get_config
 from replica_router.exceptions import NoReplicaAvailable
+from replica_router.health import Monitor
 from replica_router.pinning import _forced
 
 if TYPE_CHECKING:
     from django.db.backends.base.base import BaseDatabaseWrapper
     from django.db.models import Model
 
-__all__ = ["ReplicaRouter", "get_balancer"]
+__all__ = ["ReplicaRouter", "get_balancer", "get_monitor"]
 
 
 class _Routing:
     """Everything the router needs, derived once from a :class:`RouterConfig`."""
 
-    __slots__ = ("aliases", "balancer", "config", "local", "primary", "primary_only", "replicas")
+    __slots__ = (
+        "aliases",
+        "balancer",
+        "config",
+        "local",
+        "monitor",
+        "monitoring",
+        "primary",
+        "primary_only",
+        "replicas",
+    )
 
     def __init__(self, config: RouterConfig) -> None:
         self.config = config
@@ -39,6 +52,14 @@ class _Routing:
         # The seam for the health monitor: it calls set_weights() on this balancer
         # with the weights of the replicas it finds fit to serve reads.
         self.balancer = Balancer(weights=config.replicas)
+        # Started by the first read that would go to a replica, never at import
+        # or during migrate; until then ``monitoring`` is False.
+        self.monitor = (
+            Monitor(config=config, balancer=self.balancer)
+            if config.health_checks and self.replicas
+            else None
+        )
+        self.monitoring = self.monitor is None
         # model class -> True if its reads must go to the primary. Filled lazily;
         # a racing double fill writes the same value.
         self.primary_only: dict[type[Model], bool] = {}
@@ -74,15 +95,27 @@ class _Routing:
         self.local.primary = wrapper
         return wrapper
 
+    def start_monitor(self) -> bool:
+        """Start health monitoring; False while migrate runs (read from the primary)."""
+        if _migrating:
+            return False
+        assert self.monitor is not None
+        self.monitor.start(wait=True)
+        self.monitoring = True
+        return True
+
     def no_replica(self) -> str:
-        """Where a read goes when the balancer has no replica to offer."""
-        if self.replicas and self.config.fallback == "error":
+        """Where a read goes when no replica is in rotation: FALLBACK decides."""
+        fallback = self.config.fallback
+        if fallback == "least_lagged" and self.monitor is not None:
+            alias = self.monitor.snapshot.least_lagged()
+            if alias is not None:
+                return alias
+        elif fallback == "error" and self.replicas:
             raise NoReplicaAvailable(
                 "No replica can serve this read and FALLBACK is 'error' "
                 f"(replicas: {', '.join(sorted(self.replicas))})."
             )
-        # "least_lagged" needs lag data; until the health monitor provides it
-        # (through the balancer), the primary is the only safe choice.
         return self.primary
 
 
@@ -102,10 +135,46 @@ def _on_setting_changed(*, setting: str, **kwargs: object) -> None:
     global _routing
     if setting in WATCHED_SETTINGS:
         with _routing_lock:
-            _routing = None
+            old, _routing = _routing, None
+        if old is not None and old.monitor is not None:
+            old.monitor.stop()
+
+
+# Reads during migrate stay on the primary, and the monitor is not started by
+# them: the test runner migrates before the test databases are fully set up.
+_migrating = False
+
+
+def _on_pre_migrate(**kwargs: object) -> None:
+    global _migrating
+    _migrating = True
+
+
+def _on_post_migrate(**kwargs: object) -> None:
+    global _migrating
+    _migrating = False
+
+
+def _after_fork_in_child() -> None:
+    # Threads do not survive fork(): a monitor started in a preloading parent
+    # (gunicorn --preload) must start again in each worker.
+    routing = _routing
+    if routing is not None and routing.monitor is not None:
+        routing.monitoring = False
+
+
+pre_migrate.connect(_on_pre_migrate, dispatch_uid="replica_router.router.pre_migrate")
+post_migrate.connect(_on_post_migrate, dispatch_uid="replica_router.router.post_migrate")
+os.register_at_fork(after_in_child=_after_fork_in_child)
 
 
 setting_changed.connect(_on_setting_changed, dispatch_uid="replica_router.router")
+
+
+def get_monitor() -> Monitor | None:
+    """The health monitor of the current settings (None with HEALTH_CHECKS off
+    or no replicas). It may not be started yet."""
+    return _current_routing().monitor
 
 
 def get_balancer() -> Balancer:
@@ -146,6 +215,8 @@ class ReplicaRouter:
             # so the per-thread cache would be wrong; ask Django.
             wrapper = connections[routing.primary]
         if wrapper.in_atomic_block:
+            return routing.primary
+        if not routing.monitoring and not routing.start_monitor():
             return routing.primary
         alias = routing.balancer.pick()
         if alias is None:

@@ -23,7 +23,7 @@ CLUSTER = Cluster(_cluster_dir)
 
 def _alias(node: str, **extra: object) -> dict[str, object]:
     return {
-        "ENGINE": "django.db.backends.postgresql",
+        "ENGINE": "replica_router.backends.postgresql",
         "HOST": "127.0.0.1",
         "PORT": CLUSTER.port(node),
         "NAME": "app",

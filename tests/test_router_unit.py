@@ -26,7 +26,9 @@ from replica_router import NoReplicaAvailable, ReplicaRouter, use_primary
 from replica_router.router import get_balancer
 from tests.testapp.models import Author, Book
 
-WEIGHTED = {"REPLICAS": {"replica_1": 3, "replica_2": 1}}
+# Pure routing rules: the health monitor (tested against the cluster in
+# test_health.py) is off, so nothing here depends on probes.
+WEIGHTED = {"REPLICAS": {"replica_1": 3, "replica_2": 1}, "HEALTH_CHECKS": False}
 
 
 @pytest.fixture
@@ -160,7 +162,7 @@ def test_all_replicas_drained_with_fallback_error_raises(router):
 
 @override_settings(REPLICA_ROUTER=WEIGHTED)
 def test_the_balancer_is_the_seam_for_taking_replicas_out(router):
-    # The health monitor will take a replica out by swapping the weights.
+    # The health monitor takes a replica out by swapping the weights.
     get_balancer().set_weights({"replica_1": 0, "replica_2": 1})
     assert reads(router, Author, 5) == {"replica_2": 5}
 

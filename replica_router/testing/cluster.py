@@ -553,6 +553,23 @@ class Cluster:
         self._write_node_file(name, "faults.conf", text)
         self.query(name, "SELECT pg_reload_conf()")
 
+    def promote(self, name: str) -> None:
+        """Promote a replica to a primary of its own, as a failover tool would."""
+        self._require_replica(name)
+        self.query(name, "SELECT pg_promote(wait => true)")
+
+    def rebuild(self, name: str) -> None:
+        """Throw a replica's data away and clone it from the primary again.
+
+        Undoes ``promote``, or anything else that left the replica unusable.
+        """
+        self._require_replica(name)
+        if self.is_up(name):
+            self.stop(name, mode="immediate")
+        shutil.rmtree(self.datadir(name))
+        self._create_replica(name)
+        self.wait_streaming([name])
+
     def _require_replica(self, name: str) -> None:
         if name not in self.replicas:
             raise ClusterError(
@@ -622,6 +639,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         ("resume", "resume WAL replay on a replica"),
         ("kill", "SIGKILL a node's postmaster"),
         ("start", "start a node that is down"),
+        ("promote", "promote a replica to a primary of its own"),
+        ("rebuild", "clone a replica from the primary again"),
     ]:
         command(name, text).add_argument("name")
     delay = command("delay", "set recovery_min_apply_delay on a replica")

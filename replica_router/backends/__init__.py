@@ -1,0 +1,1 @@
+"""Database backends that report connection failures to the replica router."""
