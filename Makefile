@@ -52,7 +52,7 @@ docs: install
 
 # Benchmarks print their figures; each compares side by side in one process.
 bench: install
-	$(BIN)/python bench/bench_router.py
+	$(CLUSTER) run --dir $(CLUSTER_DIR) --replicas $(REPLICAS) -- $(BIN)/python bench/bench_router.py
 
 clean: cluster-down
 	rm -rf $(VENV) .nox docs/_build

@@ -1,8 +1,13 @@
 """How long ``db_for_read`` takes: replica_router.ReplicaRouter against django-multidb-router.
 
-Run with ``python bench/bench_router.py`` (needs ``pip install django-multidb-router``).
-Routing does no I/O, so Django is configured here with three replica aliases and
-never connects; no cluster is needed.
+Run with ``make bench``, which starts the local cluster and runs this with
+``REPLICA_ROUTER_CLUSTER_DIR`` set (it needs ``pip install django-multidb-router``).
+Routing does no I/O, but the health monitor is on, as it is by default: it
+probes the real primary and replicas in its thread while the routers are timed,
+so the figures are those of the hot path with health enabled. The three replica
+aliases point at the cluster's replicas (two servers).
+
+It also prints the monitor's cost: CPU time per probe cycle with 2 replicas.
 
 Both routers run in one process, in interleaved rounds, so that drift in CPU
 frequency or load hits both alike. Each round times NUMBER calls; the report gives
@@ -12,8 +17,10 @@ the best and the median round in ns per call, and ours / theirs.
 from __future__ import annotations
 
 import argparse
+import os
 import statistics
 import sys
+import time
 import timeit
 from collections.abc import Callable
 from pathlib import Path
@@ -23,15 +30,34 @@ from django.conf import settings
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
+from replica_router.testing.cluster import PRIMARY, Cluster  # noqa: E402
+
 REPLICAS = ["replica_1", "replica_2", "replica_3"]
 
 
-def _setup() -> None:
-    database = {"ENGINE": "django.db.backends.postgresql", "NAME": "app", "HOST": "127.0.0.1"}
+def _setup() -> Cluster:
+    cluster_dir = os.environ.get("REPLICA_ROUTER_CLUSTER_DIR")
+    if not cluster_dir:
+        sys.exit("Run it with 'make bench', which starts the local cluster it measures against.")
+    cluster = Cluster(cluster_dir)
+
+    def database(node: str) -> dict[str, object]:
+        return {
+            "ENGINE": "replica_router.backends.postgresql",
+            "NAME": "app",
+            "USER": "postgres",
+            "HOST": "127.0.0.1",
+            "PORT": cluster.port(node),
+        }
+
+    nodes = cluster.replicas
     settings.configure(
         DATABASES={
-            "default": database,
-            **{alias: {**database, "TEST": {"MIRROR": "default"}} for alias in REPLICAS},
+            "default": database(PRIMARY),
+            **{
+                alias: {**database(nodes[i % len(nodes)]), "TEST": {"MIRROR": "default"}}
+                for i, alias in enumerate(REPLICAS)
+            },
         },
         INSTALLED_APPS=["django.contrib.contenttypes", "django.contrib.auth"],
         DATABASE_ROUTERS=["replica_router.ReplicaRouter"],
@@ -42,6 +68,7 @@ def _setup() -> None:
         USE_TZ=True,
     )
     django.setup()
+    return cluster
 
 
 def _per_call_ns(func: Callable[[], object], number: int) -> float:
@@ -54,12 +81,15 @@ def main() -> None:
     parser.add_argument("--number", type=int, default=200_000)
     args = parser.parse_args()
 
-    _setup()
+    cluster = _setup()
     from django.contrib.auth.models import User
     from django.db import connections
     from multidb import PinningReplicaRouter
 
     from replica_router import ReplicaRouter, use_primary
+    from replica_router.conf import parse_settings
+    from replica_router.health import Monitor
+    from replica_router.router import get_monitor
 
     ours = ReplicaRouter()
     theirs = PinningReplicaRouter()
@@ -68,6 +98,9 @@ def main() -> None:
     # that both really route to replicas.
     assert ours.db_for_read(User) in REPLICAS
     assert theirs.db_for_read(User) in REPLICAS
+    monitor = get_monitor()
+    assert monitor is not None and monitor.running
+    assert all(n.in_rotation for n in monitor.snapshot.replicas), monitor.snapshot
 
     ours_read = ours.db_for_read
     theirs_read = theirs.db_for_read
@@ -119,6 +152,26 @@ def main() -> None:
     best_ratio = min(results["ours"]) / min(results["multidb"])
     median_ratio = statistics.median(results["ours"]) / statistics.median(results["multidb"])
     print(f"ratio ours/multidb: best {best_ratio:.2f}, median {median_ratio:.2f}")
+    print(f"(health monitor on: {monitor.cycles} probe cycles ran in the background meanwhile)")
+
+    # The monitor's own cost, measured alone: the router's monitor is stopped.
+    monitor.stop()
+    config, problems = parse_settings({"REPLICAS": ["replica_1", "replica_2"]})
+    assert not problems
+    probe_monitor = Monitor(config=config)
+    probe_monitor.run_cycle()  # warm-up: thread pool, imports
+    cycles = 50
+    cpu, wall = time.process_time(), time.perf_counter()
+    for _ in range(cycles):
+        probe_monitor.run_cycle()
+    cpu, wall = time.process_time() - cpu, time.perf_counter() - wall
+    assert all(n.state.value == "healthy" for n in probe_monitor.snapshot.nodes)
+    print(
+        f"health monitor, primary + 2 replicas: {cpu / cycles * 1000:.2f} ms CPU "
+        f"and {wall / cycles * 1000:.2f} ms wall per probe cycle ({cycles} cycles); "
+        f"at CHECK_INTERVAL 1 s that is {cpu / cycles * 100:.2f} % of one core"
+    )
+    del cluster
 
 
 if __name__ == "__main__":

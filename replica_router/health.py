@@ -68,6 +68,7 @@ class Probe:
     replay_lsn: int | None = None
     last_replay_age: float | None = None
     streaming: bool | None = None
+    replay_paused: bool = False
     replay_lags: Mapping[str, float] = field(default_factory=dict)
 
 
@@ -201,8 +202,13 @@ SELECT pg_is_in_recovery(),
             ELSE pg_wal_lsn_diff(pg_current_wal_lsn(), '0/0')::bigint END,
        pg_wal_lsn_diff(pg_last_wal_receive_lsn(), '0/0')::bigint,
        pg_wal_lsn_diff(pg_last_wal_replay_lsn(), '0/0')::bigint,
-       EXTRACT(epoch FROM clock_timestamp() - pg_last_xact_replay_timestamp())::float8
+       EXTRACT(epoch FROM clock_timestamp() - pg_last_xact_replay_timestamp())::float8,
+       CASE WHEN pg_is_in_recovery() THEN pg_is_wal_replay_paused() END
 """
+#: A replica that is replaying what it has just received (a checkpoint or
+#: running-xacts record on an idle primary, say) is looked at once more after
+#: this long before its lag is taken to be the age of its last transaction.
+RECHECK_DELAY = 0.02
 # Needs pg_monitor (or superuser) on managed services; without it these are
 # skipped rather than failing the probe.
 _PRIVILEGED_SQL = """
@@ -228,7 +234,11 @@ def probe(params: Mapping[str, Any], *, timeout: float) -> Probe:
         with psycopg.connect(**kwargs) as conn:
             row = conn.execute(_NODE_SQL).fetchone()
             assert row is not None
-            in_recovery, current, receive, replay, age = row
+            if row[0] and not row[5] and None not in row[2:4] and row[3] < row[2]:
+                time.sleep(RECHECK_DELAY)
+                row = conn.execute(_NODE_SQL).fetchone()
+                assert row is not None
+            in_recovery, current, receive, replay, age, paused = row
             system_identifier = streaming = None
             try:
                 extra = conn.execute(_PRIVILEGED_SQL).fetchone()
@@ -254,6 +264,7 @@ def probe(params: Mapping[str, Any], *, timeout: float) -> Probe:
         replay_lsn=replay,
         last_replay_age=None if age is None else max(0.0, float(age)),
         streaming=streaming,
+        replay_paused=bool(paused),
         replay_lags=lags,
     )
 
@@ -528,12 +539,14 @@ class Monitor:
         elif lag_bytes is not None and lag_bytes > config.max_lag_bytes:
             verdict, reason = (
                 State.LAGGING,
-                f"{lag_bytes} bytes behind (MAX_LAG_BYTES {config.max_lag_bytes})",
+                f"{lag_bytes} bytes behind (MAX_LAG_BYTES {config.max_lag_bytes})"
+                + _paused_note(result),
             )
         elif lag_seconds is not None and lag_seconds > config.max_lag_seconds:
             verdict, reason = (
                 State.LAGGING,
-                f"{lag_seconds:.1f}s behind (MAX_LAG_SECONDS {config.max_lag_seconds:g})",
+                f"{lag_seconds:.1f}s behind (MAX_LAG_SECONDS {config.max_lag_seconds:g})"
+                + _paused_note(result),
             )
         else:
             verdict, reason = State.HEALTHY, "in rotation"
@@ -692,6 +705,10 @@ def _safe_settings(alias: str) -> Mapping[str, Any]:
         return _settings_of(alias)
     except Exception:  # settings not configured: a standalone monitor
         return {}
+
+
+def _paused_note(result: Probe) -> str:
+    return "; WAL replay is paused" if result.replay_paused else ""
 
 
 def _lag_seconds(result: Probe, primary: Probe | None, alias: str) -> float | None:

@@ -1,0 +1,368 @@
+"""The health monitor against real replicas that really lag, die and get promoted.
+
+What is guarded against: reads served by a replica that is far behind, dead,
+promoted, or part of another cluster; replicas flapping back into rotation on
+one lucky probe; and (the classic flaw of time-based lag) an idle primary
+making every replica look late.
+
+Timing is counted in probe cycles, never in seconds: "within 2 intervals"
+means "within 2 monitor cycles of the fault".
+"""
+
+from __future__ import annotations
+
+import logging
+import socket
+import tempfile
+import time
+from collections import Counter
+from collections.abc import Callable, Iterator
+
+import pytest
+from django.conf import settings
+from django.db import OperationalError, connections, router
+from django.db.models.signals import pre_migrate
+from django.test import override_settings
+
+from replica_router import NoReplicaAvailable
+from replica_router.conf import parse_settings
+from replica_router.health import Monitor, Snapshot, State
+from replica_router.router import get_monitor
+from replica_router.signals import replica_state_changed
+from replica_router.testing.cluster import PRIMARY, Cluster
+from tests.factories import AuthorFactory
+from tests.testapp.models import Author
+
+ALL = ["default", "replica_1", "replica_2"]
+db = pytest.mark.django_db(databases=ALL, transaction=True)
+
+FAST = {"CHECK_INTERVAL": 0.2, "CHECK_TIMEOUT": 0.5, "RECOVERY_CHECKS": 2}
+
+
+def wait_for(predicate: Callable[[], bool], timeout: float = 20.0) -> None:
+    deadline = time.monotonic() + timeout
+    while not predicate():
+        if time.monotonic() > deadline:
+            raise AssertionError(f"condition not met within {timeout}s")
+        time.sleep(0.02)
+
+
+def routed(n: int) -> Counter[str]:
+    return Counter(router.db_for_read(Author) for _ in range(n))
+
+
+def node(alias: str):
+    monitor = get_monitor()
+    assert monitor is not None
+    return monitor.snapshot.node(alias)
+
+
+@pytest.fixture
+def health(request) -> Iterator[Monitor]:
+    """A running monitor with fast probes; extra settings from @pytest.mark.parametrize
+    are not needed: tests override further inside."""
+    with override_settings(REPLICA_ROUTER={**settings.REPLICA_ROUTER, **FAST}):
+        router.db_for_read(Author)  # the first routed read starts the monitor
+        monitor = get_monitor()
+        assert monitor is not None and monitor.running
+        yield monitor
+
+
+@pytest.fixture
+def monitor_with(request) -> Iterator[Callable[..., Monitor]]:
+    """Start a monitor with settings of the test's choosing."""
+    stack = []
+
+    def start(**overrides) -> Monitor:
+        ctx = override_settings(REPLICA_ROUTER={**settings.REPLICA_ROUTER, **FAST, **overrides})
+        ctx.enable()
+        stack.append(ctx)
+        router.db_for_read(Author)
+        monitor = get_monitor()
+        assert monitor is not None and monitor.running
+        return monitor
+
+    yield start
+    for ctx in reversed(stack):
+        ctx.disable()
+
+
+@pytest.fixture
+def killed(replica_cluster: Cluster) -> Iterator[Callable[[str], None]]:
+    """Kill nodes for a test; they are started again (and streaming) afterwards."""
+    names: list[str] = []
+
+    def kill(name: str) -> None:
+        replica_cluster.kill(name)
+        names.append(name)
+
+    yield kill
+    for name in names:
+        replica_cluster.start(name)
+    replica_cluster.wait_streaming()
+
+
+@pytest.fixture
+def state_changes() -> Iterator[list[tuple[str, str, str, str]]]:
+    seen: list[tuple[str, str, str, str]] = []
+
+    def receiver(sender, alias, old_state, new_state, reason, **kwargs):
+        seen.append((alias, old_state, new_state, reason))
+
+    replica_state_changed.connect(receiver, weak=False)
+    yield seen
+    replica_state_changed.disconnect(receiver)
+
+
+@db
+def test_the_monitor_starts_on_the_first_routed_read_not_before():
+    with override_settings(REPLICA_ROUTER={**settings.REPLICA_ROUTER, **FAST}):
+        monitor = get_monitor()
+        assert monitor is not None
+        assert not monitor.running
+        router.db_for_write(Author)
+        assert not monitor.running
+        router.db_for_read(Author)
+        assert monitor.running
+        # The first read waited for the first cycle, so it saw real states.
+        assert all(n.state is State.HEALTHY for n in monitor.snapshot.nodes)
+
+
+@db
+def test_reads_during_migrate_stay_on_the_primary_and_start_no_monitor():
+    seen = []
+
+    def read_during_migrate(**kwargs):
+        seen.append((router.db_for_read(Author), get_monitor().running))
+
+    pre_migrate.connect(read_during_migrate, weak=False)
+    try:
+        with override_settings(REPLICA_ROUTER={**settings.REPLICA_ROUTER, **FAST}):
+            from django.core.management import call_command
+
+            call_command("migrate", database="default", verbosity=0)
+            assert not get_monitor().running
+    finally:
+        pre_migrate.disconnect(read_during_migrate)
+    assert seen and set(seen) == {("default", False)}
+
+
+@db
+def test_a_replica_held_behind_leaves_rotation_and_returns_after_good_probes(
+    monitor_with, pause_replica, replica_cluster: Cluster, state_changes
+):
+    monitor = monitor_with(MAX_LAG_BYTES=1024)
+    assert set(routed(10)) == {"replica_1", "replica_2"}
+
+    pause_replica("replica_1")
+    AuthorFactory.create_batch(30)  # well over 1 KiB of WAL the replica cannot replay
+    cycles_at_fault = monitor.cycles
+    wait_for(lambda: not node("replica_1").in_rotation)
+    # One cycle may have been probing already when the writes landed.
+    assert monitor.cycles - cycles_at_fault <= 2
+    assert node("replica_1").state is State.LAGGING
+    assert "paused" in node("replica_1").reason
+    assert node("replica_1").lag_bytes > 1024
+    assert routed(20) == {"replica_2": 20}
+
+    replica_cluster.resume("replica_1")
+    cycles_at_resume = monitor.cycles
+    wait_for(lambda: node("replica_1").in_rotation)
+    # Hysteresis: RECOVERY_CHECKS (2) good probes, not the first lucky one.
+    assert monitor.cycles - cycles_at_resume >= 2
+    assert node("replica_1").state is State.HEALTHY
+    assert set(routed(10)) == {"replica_1", "replica_2"}
+    transitions = [(a, old, new) for a, old, new, _ in state_changes if a == "replica_1"]
+    assert transitions == [
+        ("replica_1", "unknown", "healthy"),  # the first probe
+        ("replica_1", "healthy", "lagging"),
+        ("replica_1", "lagging", "healthy"),
+    ]
+
+
+@db
+def test_time_lag_under_apply_delay_takes_a_replica_out(
+    monitor_with, delay_replica, replica_cluster: Cluster
+):
+    monitor_with(MAX_LAG_SECONDS=0.5)
+    delay_replica("replica_2", 3)
+    # A steady trickle of commits, each held back 3 s on replica_2.
+    deadline = time.monotonic() + 20
+    while node("replica_2").in_rotation and time.monotonic() < deadline:
+        AuthorFactory()
+        time.sleep(0.05)
+    assert node("replica_2").state is State.LAGGING
+    assert "MAX_LAG_SECONDS" in node("replica_2").reason
+    assert node("replica_2").lag_seconds > 0.5
+    assert node("replica_1").in_rotation
+
+
+@db
+def test_a_killed_replica_is_down_within_an_interval_and_gets_no_reads(
+    health: Monitor, killed, replica_cluster: Cluster, caplog
+):
+    caplog.set_level(logging.INFO, logger="replica_router")
+    killed("replica_2")
+    cycles_at_fault = health.cycles
+    wait_for(lambda: node("replica_2").state is State.DOWN)
+    assert health.cycles - cycles_at_fault <= 2  # the cycle in flight, then the next
+    assert node("replica_2").last_error
+    assert routed(50) == {"replica_1": 50}
+    # Real ORM reads keep working on the surviving replica.
+    AuthorFactory()
+    replica_cluster.wait_replayed(["replica_1"])
+    assert Author.objects.count() >= 1
+    assert any(
+        "replica_2" in r.getMessage() and "down" in r.getMessage() and r.levelno == logging.WARNING
+        for r in caplog.records
+    )
+
+    replica_cluster.start("replica_2")
+    replica_cluster.wait_streaming(["replica_2"])
+    wait_for(lambda: node("replica_2").in_rotation, timeout=30)
+    assert set(routed(10)) == {"replica_1", "replica_2"}
+
+
+@db
+def test_a_connection_failure_in_the_application_takes_the_replica_out_at_once(
+    monitor_with, killed, state_changes
+):
+    # Probes so rare that only the application can notice the dead replica.
+    monitor = monitor_with(CHECK_INTERVAL=60)
+    connections["replica_1"].close()
+    killed("replica_1")
+    assert node("replica_1").in_rotation  # the monitor has not looked yet
+
+    errors = 0
+    for _ in range(4):  # 1:1 weights: replica_1 comes up within two reads
+        try:
+            list(Author.objects.all())
+        except OperationalError:
+            errors += 1
+    assert errors == 1
+    assert node("replica_1").state is State.DOWN
+    assert "connection failed in the application" in node("replica_1").reason
+    assert routed(20) == {"replica_2": 20}
+    assert ("replica_1", "healthy", "down") in [(a, o, n) for a, o, n, _ in state_changes]
+    assert monitor.cycles == 1
+
+
+@db
+def test_an_idle_primary_makes_no_replica_lag(monitor_with, replica_cluster: Cluster):
+    # A naive "age of the last replayed transaction" passes 1 s after 1 s of quiet.
+    monitor = monitor_with(MAX_LAG_SECONDS=1.0)
+    replica_cluster.wait_replayed()
+    snapshots: list[Snapshot] = []
+    deadline = time.monotonic() + 10
+    while time.monotonic() < deadline:
+        snapshots.append(monitor.snapshot)
+        time.sleep(0.1)
+    assert monitor.cycles >= 20
+    for snapshot in snapshots:
+        for replica in snapshot.replicas:
+            assert replica.state is State.HEALTHY, (replica.alias, replica.reason)
+            assert replica.lag_seconds == 0.0
+            assert replica.lag_bytes == 0
+
+
+@db
+@pytest.mark.parametrize(
+    ("fallback", "expected"),
+    [("primary", "default"), ("least_lagged", "replica_2"), ("error", NoReplicaAvailable)],
+)
+def test_fallback_when_every_replica_lags(
+    monitor_with, pause_replica, replica_cluster: Cluster, fallback, expected
+):
+    monitor_with(MAX_LAG_BYTES=1024, FALLBACK=fallback)
+    pause_replica("replica_1")
+    AuthorFactory.create_batch(60)  # replica_1 falls far behind
+    pause_replica("replica_2")
+    AuthorFactory.create_batch(20)  # replica_2 falls less far behind
+    wait_for(lambda: not node("replica_1").in_rotation and not node("replica_2").in_rotation)
+    wait_for(lambda: node("replica_1").lag_bytes > node("replica_2").lag_bytes > 1024)
+    if expected is NoReplicaAvailable:
+        with pytest.raises(NoReplicaAvailable, match="FALLBACK is 'error'"):
+            router.db_for_read(Author)
+    else:
+        assert routed(10) == {expected: 10}
+
+
+@db
+def test_least_lagged_with_every_replica_dead_reads_from_the_primary(monitor_with, killed):
+    monitor_with(FALLBACK="least_lagged")
+    killed("replica_1")
+    killed("replica_2")
+    wait_for(lambda: not node("replica_1").in_rotation and not node("replica_2").in_rotation)
+    assert routed(10) == {"default": 10}
+    assert get_monitor().snapshot.overall == "unavailable"
+
+
+@db
+def test_a_promoted_replica_is_ejected_with_the_reason(
+    health: Monitor, replica_cluster: Cluster, state_changes
+):
+    replica_cluster.promote("replica_2")
+    try:
+        wait_for(lambda: node("replica_2").state is State.EJECTED)
+        assert "promoted" in node("replica_2").reason
+        assert routed(20) == {"replica_1": 20}
+        assert ("replica_2", "healthy", "ejected") in [(a, o, n) for a, o, n, _ in state_changes]
+    finally:
+        connections["replica_2"].close_pool()
+        replica_cluster.rebuild("replica_2")
+    wait_for(lambda: node("replica_2").in_rotation)
+
+
+def test_a_replica_of_another_cluster_is_ejected(replica_cluster: Cluster):
+    """Same role, wrong data: a standby of a different primary (a copy-paste DSN)."""
+    other = Cluster(tempfile.mkdtemp(prefix="other-cluster-"))
+    other.up(replicas=1)
+    try:
+        ports = {
+            "default": replica_cluster.port(PRIMARY),
+            "replica_1": replica_cluster.port("replica_1"),
+            "replica_2": other.port("replica_1"),
+        }
+        config, problems = parse_settings({"REPLICAS": ["replica_1", "replica_2"], **FAST})
+        assert not problems
+        monitor = Monitor(
+            config=config,
+            params_for=lambda alias: {
+                "host": "127.0.0.1",
+                "port": ports[alias],
+                "user": "postgres",
+                "dbname": "postgres",
+            },
+        )
+        snapshot = monitor.run_cycle()
+        assert snapshot.node("replica_1").state is State.HEALTHY
+        assert snapshot.node("replica_2").state is State.EJECTED
+        assert "another cluster" in snapshot.node("replica_2").reason
+        assert snapshot.overall == "degraded"
+    finally:
+        other.down()
+
+
+def test_a_down_replica_is_probed_with_backoff(replica_cluster: Cluster):
+    """The circuit breaker: a dead host is not hammered every interval."""
+    config, _ = parse_settings({"REPLICAS": ["replica_1"], "CHECK_INTERVAL": 0.05})
+    probed: list[str] = []
+    with socket.socket() as s:  # a port nothing listens on: connections are refused
+        s.bind(("127.0.0.1", 0))
+        dead_port = s.getsockname()[1]
+
+    def params_for(alias):
+        probed.append(alias)
+        port = replica_cluster.port(PRIMARY) if alias == "default" else dead_port
+        return {"host": "127.0.0.1", "port": port, "user": "postgres", "dbname": "postgres"}
+
+    monitor = Monitor(config=config, params_for=params_for)
+    deadline = time.monotonic() + 1.6  # 32 intervals
+    while time.monotonic() < deadline:
+        monitor.run_cycle()
+        time.sleep(0.05)
+    assert monitor.snapshot.node("replica_1").state is State.DOWN
+    # The primary is probed every cycle; the dead replica after 1, 2, 4, 8, 8...
+    # intervals, so far less often.
+    assert probed.count("default") >= 10
+    assert probed.count("replica_1") * 2 < probed.count("default")
