@@ -12,15 +12,17 @@ from typing import TYPE_CHECKING, Any
 
 if TYPE_CHECKING:
     from replica_router.exceptions import NoReplicaAvailable
-    from replica_router.pinning import use_primary
+    from replica_router.pinning import causal, current_token, use_primary
     from replica_router.router import ReplicaRouter
 
-__all__ = ["NoReplicaAvailable", "ReplicaRouter", "use_primary"]
+__all__ = ["NoReplicaAvailable", "ReplicaRouter", "causal", "current_token", "use_primary"]
 
 _LAZY = {
     "NoReplicaAvailable": "replica_router.exceptions",
     "ReplicaRouter": "replica_router.router",
     "use_primary": "replica_router.pinning",
+    "causal": "replica_router.pinning",
+    "current_token": "replica_router.pinning",
 }
 
 

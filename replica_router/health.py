@@ -372,6 +372,8 @@ class Monitor:
         self._first_cycle = threading.Event()
         self._pid = os.getpid()
         self.cycles = 0
+        #: Replica alias -> the latest replay position known (read-your-writes).
+        self.replay_positions: dict[str, int] = {}
         self.snapshot: Snapshot = self._publish()
 
     # -- lifecycle -------------------------------------------------------------
@@ -516,6 +518,8 @@ class Monitor:
         primary_ok = primary is not None and primary.ok and not primary.in_recovery
         lag_bytes = lag_seconds = None
         if result.ok:
+            if result.replay_lsn is not None:
+                self.note_replay_position(alias, result.replay_lsn)
             if primary_ok and primary is not None and primary.current_lsn is not None:
                 lag_bytes = max(0, primary.current_lsn - (result.replay_lsn or 0))
             lag_seconds = _lag_seconds(result, primary if primary_ok else None, alias)
@@ -676,6 +680,13 @@ class Monitor:
             )
 
     # -- what the application reports ----------------------------------------
+
+    def note_replay_position(self, alias: str, lsn: int) -> None:
+        """Record that ``alias`` has replayed up to ``lsn`` (positions only grow)."""
+        # A plain dict assignment is atomic; a lost race only loses a newer
+        # position that the next cycle brings back.
+        if lsn > self.replay_positions.get(alias, -1):
+            self.replay_positions[alias] = lsn
 
     def report_failure(self, alias: str, error: BaseException | str) -> None:
         """Take ``alias`` out of rotation now: the application could not connect to it.

@@ -9,14 +9,22 @@ from __future__ import annotations
 
 import functools
 import inspect
+import re
 from collections.abc import Callable
 from contextvars import ContextVar, Token
 from types import TracebackType
-from typing import Any, TypeVar, cast, overload
+from typing import Any, Final, TypeVar, cast, overload
 
 from asgiref.sync import iscoroutinefunction
 
-__all__ = ["UsePrimary", "primary_forced", "use_primary"]
+__all__ = [
+    "CausalState",
+    "UsePrimary",
+    "causal",
+    "current_token",
+    "primary_forced",
+    "use_primary",
+]
 
 # The router reads this directly (``_forced.get()`` is a C call) on every read.
 _forced: ContextVar[bool] = ContextVar("replica_router.primary_forced", default=False)
@@ -121,3 +129,172 @@ def use_primary(func: _F | None = None, /) -> _F | UsePrimary:
     if func is None:
         return UsePrimary()
     return _decorate(func)
+
+
+# -- read-your-writes ----------------------------------------------------------
+
+
+class CausalState:
+    """What reads in one request (or one ``causal()`` block) must see.
+
+    A mutable object in a context variable, rather than values in several
+    variables, so that a write made in a thread by ``sync_to_async`` is seen by
+    the async middleware that owns the request.
+    """
+
+    __slots__ = ("checked", "pinned", "token", "wrote")
+
+    def __init__(self, *, token: int | None = None, pinned: bool = False) -> None:
+        #: This request wrote on the primary: its later reads go there too.
+        self.wrote = False
+        #: The WAL position a replica must have replayed to serve these reads.
+        self.token = token
+        #: "time" mode: a write happened less than PIN_SECONDS ago.
+        self.pinned = pinned
+        #: Replicas known to have replayed ``token``, and those known not to.
+        self.checked: dict[str, bool] = {}
+
+
+_causal: ContextVar[CausalState | None] = ContextVar("replica_router.causal", default=None)
+# Outside any request or causal() block: did this context write?
+_wrote_outside: ContextVar[bool] = ContextVar("replica_router.wrote", default=False)
+
+# Statements that change data or schema. SELECT ... FOR UPDATE locks but does
+# not write, and a SELECT calling a writing function is not detected.
+_WRITE_KEYWORDS: Final = frozenset(
+    {
+        "INSERT", "UPDATE", "DELETE", "MERGE", "CREATE", "ALTER", "DROP", "TRUNCATE",
+        "GRANT", "REVOKE", "COMMENT", "COPY", "REINDEX", "CLUSTER", "REFRESH",
+    }
+)  # fmt: skip
+_CTE_WRITE = re.compile(r"\b(INSERT|UPDATE|DELETE|MERGE)\b", re.IGNORECASE)
+
+
+def is_write(sql: object) -> bool:
+    """Whether a statement writes (by its leading keyword, or a writing CTE)."""
+    text = sql if isinstance(sql, str) else str(sql)
+    head = text.lstrip(" \t\r\n(").split(None, 1)
+    if not head:
+        return False
+    keyword = head[0].upper()
+    if keyword in _WRITE_KEYWORDS:
+        return True
+    return keyword == "WITH" and _CTE_WRITE.search(text) is not None
+
+
+def note_write() -> None:
+    """Record that the current context wrote on the primary."""
+    state = _causal.get()
+    if state is not None:
+        state.wrote = True
+    else:
+        _wrote_outside.set(True)
+
+
+def detect_writes(
+    execute: Callable[..., Any], sql: Any, params: Any, many: bool, context: Any
+) -> Any:
+    """An execute wrapper for the primary's connections: note each real write."""
+    result = execute(sql, params, many, context)
+    if is_write(sql):
+        note_write()
+    return result
+
+
+def format_lsn(lsn: int) -> str:
+    """``0x3000148`` -> ``"0/3000148"``, as PostgreSQL prints a WAL position."""
+    return f"{lsn >> 32:X}/{lsn & 0xFFFFFFFF:X}"
+
+
+def parse_lsn(text: str) -> int:
+    """``"0/3000148"`` -> ``0x3000148``; ValueError on anything else."""
+    high, sep, low = text.strip().partition("/")
+    if not sep or not high or not low or len(high) > 8 or len(low) > 8:
+        raise ValueError(f"not a WAL position: {text!r}")
+    return (int(high, 16) << 32) | int(low, 16)
+
+
+def primary_insert_lsn() -> int:
+    """The primary's WAL insert position now, through Django's connection."""
+    from django.db import connections
+
+    from replica_router.conf import get_config
+
+    with connections[get_config().primary].cursor() as cursor:
+        cursor.execute("SELECT pg_wal_lsn_diff(pg_current_wal_insert_lsn(), '0/0')::bigint")
+        row = cursor.fetchone()
+    return int(row[0])
+
+
+def current_token() -> str | None:
+    """The causality token of this context's last write on the primary, or None.
+
+    Pass it to work that runs elsewhere (a Celery task's headers, say) and read
+    there inside ``with causal(token):``, so those reads see this write. It is a
+    WAL position such as ``"0/3000148"``, not a secret.
+    """
+    state = _causal.get()
+    wrote = state.wrote if state is not None else _wrote_outside.get()
+    if not wrote:
+        return None
+    return format_lsn(primary_insert_lsn())
+
+
+class causal:  # noqa: N801 - used like a function, as ``with causal(token):``
+    """Make reads in a block see the write a token stands for.
+
+    Reads go to a replica that has replayed the token's WAL position, else to
+    the primary. A write inside the block sends the block's later reads to the
+    primary. ``causal(None)`` only does the latter. Usable as a decorator too.
+    """
+
+    __slots__ = ("_reset", "_token")
+
+    def __init__(self, token: str | None = None) -> None:
+        self._token = None if token is None else parse_lsn(token)
+        self._reset: Token[CausalState | None] | None = None
+
+    def __enter__(self) -> CausalState:
+        state = CausalState(token=self._token)
+        self._reset = _causal.set(state)
+        return state
+
+    def __exit__(self, *exc: object) -> None:
+        if self._reset is not None:
+            _causal.reset(self._reset)
+            self._reset = None
+
+    def __call__(self, func: _F) -> _F:
+        token = None if self._token is None else format_lsn(self._token)
+
+        if iscoroutinefunction(func):
+
+            @functools.wraps(func)
+            async def async_wrapper(*args: Any, **kwargs: Any) -> Any:
+                with causal(token):
+                    return await func(*args, **kwargs)
+
+            return cast(_F, async_wrapper)
+
+        @functools.wraps(func)
+        def wrapper(*args: Any, **kwargs: Any) -> Any:
+            with causal(token):
+                return func(*args, **kwargs)
+
+        return cast(_F, wrapper)
+
+
+def install_write_detector(connection: Any, **kwargs: Any) -> None:
+    """Add :func:`detect_writes` to a connection of the primary, once.
+
+    Connected to ``connection_created``; the wrapper list belongs to Django's
+    connection object and survives reconnects, hence the membership test.
+    """
+    from replica_router.conf import get_config
+
+    try:
+        primary = get_config().primary
+    except Exception:  # misconfigured: the system checks say so
+        return
+    if connection.alias == primary and detect_writes not in connection.execute_wrappers:
+        connection.execute_wrappers.append(detect_writes)

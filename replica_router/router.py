@@ -7,6 +7,7 @@ and rebuilt when ``override_settings`` changes ``REPLICA_ROUTER`` or ``DATABASES
 
 from __future__ import annotations
 
+import logging
 import os
 import threading
 from asyncio import _get_running_loop
@@ -20,13 +21,15 @@ from replica_router.balancer import Balancer
 from replica_router.conf import WATCHED_SETTINGS, RouterConfig, get_config
 from replica_router.exceptions import NoReplicaAvailable
 from replica_router.health import Monitor
-from replica_router.pinning import _forced
+from replica_router.pinning import CausalState, _causal, _forced
 
 if TYPE_CHECKING:
     from django.db.backends.base.base import BaseDatabaseWrapper
     from django.db.models import Model
 
 __all__ = ["ReplicaRouter", "get_balancer", "get_monitor"]
+
+logger = logging.getLogger("replica_router")
 
 
 class _Routing:
@@ -41,6 +44,7 @@ class _Routing:
         "monitoring",
         "primary",
         "primary_only",
+        "read_your_writes",
         "replicas",
     )
 
@@ -60,6 +64,7 @@ class _Routing:
             else None
         )
         self.monitoring = self.monitor is None
+        self.read_your_writes = config.read_your_writes != "off"
         # model class -> True if its reads must go to the primary. Filled lazily;
         # a racing double fill writes the same value.
         self.primary_only: dict[type[Model], bool] = {}
@@ -103,6 +108,43 @@ class _Routing:
         self.monitor.start(wait=True)
         self.monitoring = True
         return True
+
+    def replica_with(self, state: CausalState) -> str:
+        """A replica in rotation that has replayed ``state.token``, else the primary.
+
+        The monitor's last positions answer most of the time; a replica they
+        show behind is asked once per request (one short query on the
+        application's own connection to it), since it may have caught up since.
+        """
+        token = state.token
+        assert token is not None
+        positions = self.monitor.replay_positions if self.monitor is not None else {}
+        for _ in range(len(self.balancer.weights)):
+            alias = self.balancer.pick()
+            if alias is None:
+                break
+            caught_up = state.checked.get(alias)
+            if caught_up is None:
+                caught_up = positions.get(alias, -1) >= token or self._replayed(alias, token)
+                state.checked[alias] = caught_up
+            if caught_up:
+                return alias
+        return self.primary
+
+    def _replayed(self, alias: str, token: int) -> bool:
+        try:
+            with connections[alias].cursor() as cursor:
+                cursor.execute("SELECT pg_wal_lsn_diff(pg_last_wal_replay_lsn(), '0/0')::bigint")
+                row = cursor.fetchone()
+        except Exception:  # a dead replica cannot serve it; the primary can
+            logger.debug("replica_router: could not ask %s for its replay position", alias)
+            return False
+        if row is None or row[0] is None:
+            return False
+        lsn = int(row[0])
+        if self.monitor is not None:
+            self.monitor.note_replay_position(alias, lsn)
+        return lsn >= token
 
     def no_replica(self) -> str:
         """Where a read goes when no replica is in rotation: FALLBACK decides."""
@@ -218,6 +260,12 @@ class ReplicaRouter:
             return routing.primary
         if not routing.monitoring and not routing.start_monitor():
             return routing.primary
+        state = _causal.get()
+        if state is not None and routing.read_your_writes:
+            if state.wrote or state.pinned:
+                return routing.primary
+            if state.token is not None:
+                return routing.replica_with(state)
         alias = routing.balancer.pick()
         if alias is None:
             return routing.no_replica()

@@ -1,1 +1,58 @@
 from __future__ import annotations
+
+from collections.abc import Iterator
+
+import pytest
+from django.conf import settings
+from django.core.signals import setting_changed
+from django.db import connections
+from django.db.backends.postgresql.base import DatabaseWrapper
+
+from replica_router.testing.cluster import Cluster
+
+
+@pytest.fixture(scope="session", autouse=True)
+def _quiet_before_test_databases_are_dropped(django_db_setup):
+    """Stop the health monitor before the test database is dropped.
+
+    Its probes connect to the test database, and PostgreSQL refuses to drop a
+    database that has a session in it.
+    """
+    yield
+    from replica_router.router import _routing
+
+    if _routing is not None and _routing.monitor is not None:
+        _routing.monitor.stop()
+    connections.close_all()
+
+
+@pytest.fixture
+def outage(replica_cluster: Cluster) -> Iterator[Cluster]:
+    """The cluster, for a test that takes nodes down (``kill``, ``stop_primary``).
+
+    Afterwards every node is started again and streaming, and this process
+    forgets what the outage left behind: connections and pooled connections to
+    the restarted servers (they are dead), and the router's health monitor
+    (it may have backed off from the nodes for seconds), so the next test
+    starts from a healthy cluster.
+    """
+    try:
+        yield replica_cluster
+    finally:
+        try:
+            for name in replica_cluster.nodes:
+                if not replica_cluster.is_up(name):
+                    replica_cluster.start(name)
+            replica_cluster.wait_streaming()
+        finally:
+            connections.close_all()
+            for alias in list(DatabaseWrapper._connection_pools):
+                connections[alias].close_pool()
+            # What override_settings sends: the router drops its monitor and
+            # builds a fresh one on the next read.
+            setting_changed.send(
+                sender=type(settings._wrapped),
+                setting="REPLICA_ROUTER",
+                value=settings.REPLICA_ROUTER,
+                enter=False,
+            )

@@ -227,7 +227,13 @@ def test_allow_migrate_refuses_drained_replicas_too(router):
 
 
 def test_public_api():
-    assert sorted(replica_router.__all__) == ["NoReplicaAvailable", "ReplicaRouter", "use_primary"]
+    assert sorted(replica_router.__all__) == [
+        "NoReplicaAvailable",
+        "ReplicaRouter",
+        "causal",
+        "current_token",
+        "use_primary",
+    ]
     assert replica_router.ReplicaRouter is ReplicaRouter
     with pytest.raises(AttributeError):
         replica_router.nothing_here  # noqa: B018

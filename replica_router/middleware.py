@@ -1,0 +1,172 @@
+"""Read-your-writes across requests: the pinning middleware.
+
+Put ``replica_router.middleware.PrimaryPinningMiddleware`` first in
+``MIDDLEWARE`` (above ``SessionMiddleware``), so that its response phase runs
+last and sees every write of the request, the session save after a login
+included.
+
+Within a request, once the request has written on the primary, its later reads
+go to the primary. Across requests, a response to a request that wrote carries a
+signed cookie; what it holds depends on ``READ_YOUR_WRITES``:
+
+``"lsn"``
+    the primary's WAL insert position after the write. A later request reads
+    from a replica that has replayed that position, else from the primary. When
+    every replica in rotation has passed it, the cookie is dropped.
+``"time"``
+    only the time of the write: reads go to the primary for ``PIN_SECONDS``.
+``"off"``
+    nothing is pinned.
+
+A cookie that is tampered with, signed with another key, malformed or older
+than ``PIN_SECONDS`` is ignored.
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+from datetime import timedelta
+from collections.abc import Awaitable, Callable
+from typing import Any
+
+from asgiref.sync import iscoroutinefunction, markcoroutinefunction, sync_to_async
+from django.core import signing
+from django.http import HttpRequest, HttpResponseBase
+
+from replica_router.conf import RouterConfig, get_config
+from replica_router.pinning import (
+    CausalState,
+    _causal,
+    format_lsn,
+    parse_lsn,
+    primary_insert_lsn,
+)
+
+__all__ = ["PrimaryPinningMiddleware"]
+
+logger = logging.getLogger("replica_router")
+
+_SALT = "replica_router.middleware.PrimaryPinningMiddleware"
+
+
+def _signer() -> signing.TimestampSigner:
+    return signing.TimestampSigner(salt=_SALT)
+
+
+def sign_token(value: str) -> str:
+    """The cookie value for ``value`` (``"lsn:0/3000148"`` or ``"time"``)."""
+    return _signer().sign(value)
+
+
+def read_cookie(raw: str | None, config: RouterConfig) -> CausalState | None:
+    """The causal state a pin cookie asks for, or None for a missing or bad one."""
+    if not raw:
+        return None
+    try:
+        value = _signer().unsign(raw, max_age=timedelta(seconds=config.pin_seconds))
+    except signing.SignatureExpired:
+        return None
+    except signing.BadSignature:
+        logger.debug("replica_router: ignoring a pin cookie with a bad signature")
+        return None
+    kind, _, lsn = value.partition(":")
+    if kind == "time" and config.read_your_writes == "time":
+        return CausalState(pinned=True)
+    if kind == "lsn" and config.read_your_writes == "lsn":
+        try:
+            return CausalState(token=parse_lsn(lsn))
+        except ValueError:
+            logger.debug("replica_router: ignoring a malformed pin cookie")
+            return None
+    # A cookie from the other mode (the setting changed): a write happened less
+    # than PIN_SECONDS ago, so reading from the primary is the safe answer.
+    return CausalState(pinned=True)
+
+
+class PrimaryPinningMiddleware:
+    """Read-your-writes for Django requests; works under WSGI and ASGI."""
+
+    sync_capable = True
+    async_capable = True
+
+    def __init__(
+        self,
+        get_response: Callable[[HttpRequest], HttpResponseBase]
+        | Callable[[HttpRequest], Awaitable[HttpResponseBase]],
+    ) -> None:
+        self.get_response = get_response
+        self.async_mode = iscoroutinefunction(get_response)
+        if self.async_mode:
+            markcoroutinefunction(self)
+
+    def __call__(self, request: HttpRequest) -> Any:
+        if self.async_mode:
+            return self.__acall__(request)
+        config = get_config()
+        if config.read_your_writes == "off":
+            return self.get_response(request)
+        state = self._begin(request, config)
+        reset = _causal.set(state)
+        try:
+            response: HttpResponseBase = self.get_response(request)  # type: ignore[assignment]
+            lsn = primary_insert_lsn() if state.wrote and config.read_your_writes == "lsn" else None
+        finally:
+            _causal.reset(reset)
+        self._finish(request, response, state, lsn, config)
+        return response
+
+    async def __acall__(self, request: HttpRequest) -> HttpResponseBase:
+        config = get_config()
+        if config.read_your_writes == "off":
+            return await self.get_response(request)  # type: ignore[no-any-return,misc]
+        state = self._begin(request, config)
+        reset = _causal.set(state)
+        try:
+            response: HttpResponseBase = await self.get_response(request)  # type: ignore[misc]
+            lsn = None
+            if state.wrote and config.read_your_writes == "lsn":
+                lsn = await sync_to_async(primary_insert_lsn)()
+        finally:
+            _causal.reset(reset)
+        self._finish(request, response, state, lsn, config)
+        return response
+
+    def _begin(self, request: HttpRequest, config: RouterConfig) -> CausalState:
+        return read_cookie(request.COOKIES.get(config.cookie_name), config) or CausalState()
+
+    def _finish(
+        self,
+        request: HttpRequest,
+        response: HttpResponseBase,
+        state: CausalState,
+        lsn: int | None,
+        config: RouterConfig,
+    ) -> None:
+        name = config.cookie_name
+        if state.wrote:
+            value = f"lsn:{format_lsn(lsn)}" if lsn is not None else "time"
+            response.set_cookie(
+                name,
+                sign_token(value),
+                max_age=math.ceil(config.pin_seconds),
+                httponly=True,
+                samesite="Lax",
+                secure=request.is_secure(),
+            )
+        elif state.token is not None and name in request.COOKIES and _all_replayed(state):
+            response.delete_cookie(name, samesite="Lax")
+
+
+def _all_replayed(state: CausalState) -> bool:
+    """Whether every replica in rotation has replayed the state's token."""
+    from replica_router.router import get_balancer, get_monitor
+
+    token = state.token
+    assert token is not None
+    monitor = get_monitor()
+    positions = monitor.replay_positions if monitor is not None else {}
+    rotation = [alias for alias, weight in get_balancer().weights.items() if weight > 0]
+    return bool(rotation) and all(
+        state.checked.get(alias) or positions.get(alias, -1) >= token for alias in rotation
+    )

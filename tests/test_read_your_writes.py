@@ -1,0 +1,340 @@
+"""Read-your-writes against replicas that really lag (apply delay or paused replay).
+
+The failure guarded against is the one users of every other Django router
+report: a user saves a form, is redirected, and sees the old data; or logs in
+and is logged out again on the next page, because that read hit a replica that
+had not replayed the write yet.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import queue
+import threading
+import time
+
+import pytest
+from asgiref.sync import sync_to_async
+from django.conf import settings
+from django.contrib.auth.models import User
+from django.core import signing
+from django.db import connections, router
+from django.test import AsyncClient, Client, override_settings
+
+from replica_router import causal, current_token
+from replica_router.middleware import sign_token
+from replica_router.testing.cluster import Cluster
+from tests.factories import AuthorFactory
+from tests.testapp.models import Author
+
+ALL = ["default", "replica_1", "replica_2"]
+db = pytest.mark.django_db(databases=ALL, transaction=True)
+
+PINNING = [
+    "replica_router.middleware.PrimaryPinningMiddleware",
+    "django.contrib.sessions.middleware.SessionMiddleware",
+    "django.contrib.auth.middleware.AuthenticationMiddleware",
+]
+WITHOUT_PINNING = PINNING[1:]
+# The health monitor would take a lagging replica out of rotation and so hide
+# staleness; these tests are about pinning alone, so it tolerates any lag.
+TOLERANT = {"MAX_LAG_SECONDS": 3600.0, "MAX_LAG_BYTES": 2**40, "CHECK_INTERVAL": 0.2}
+
+
+def configured(mode: str = "lsn", middleware: list[str] = PINNING, **extra):
+    return override_settings(
+        ROOT_URLCONF="tests.ryw_urls",
+        MIDDLEWARE=middleware,
+        REPLICA_ROUTER={
+            **settings.REPLICA_ROUTER,
+            **TOLERANT,
+            "READ_YOUR_WRITES": mode,
+            **extra,
+        },
+    )
+
+
+def post_then_get(client: Client, iterations: int) -> tuple[int, list[str]]:
+    stale, served = 0, []
+    for i in range(iterations):
+        created = client.post("/authors/", {"name": f"author {i}"})
+        assert created.status_code == 200
+        pk = created.json()["id"]
+        shown = client.get(f"/authors/{pk}/")
+        if shown.status_code == 404:
+            stale += 1
+        else:
+            served.append(shown.json()["db"])
+    return stale, served
+
+
+@db
+def test_post_then_get_never_reads_stale_with_the_middleware(delay_replica):
+    delay_replica("replica_1", 2)
+    with configured("lsn"):
+        stale, served = post_then_get(Client(), 200)
+    assert stale == 0
+    # replica_1 is 2 s behind: it must never serve a read that follows a write.
+    assert "replica_1" not in served
+
+
+@db
+def test_post_then_get_reads_stale_without_the_middleware(delay_replica):
+    """The same scenario without pinning: proves the test above can fail."""
+    delay_replica("replica_1", 2)
+    with configured("lsn", middleware=WITHOUT_PINNING):
+        stale, _ = post_then_get(Client(), 200)
+    assert stale > 0
+
+
+@db
+def test_time_mode_also_avoids_stale_reads(delay_replica):
+    delay_replica("replica_1", 2)
+    with configured("time"):
+        stale, served = post_then_get(Client(), 50)
+    assert stale == 0
+    assert set(served) == {"default"}
+
+
+@db
+def test_a_write_pins_the_rest_of_the_request():
+    with configured("lsn"):
+        assert Client().get("/write-then-read/").json()["db"] == "default"
+
+
+@db
+def test_assigning_a_related_object_is_not_a_write(replica_cluster: Cluster):
+    author = AuthorFactory()
+    replica_cluster.wait_replayed()
+    with configured("lsn"):
+        response = Client().get(f"/authors/{author.pk}/assign/")
+    assert response.json()["db"] in {"replica_1", "replica_2"}
+    assert settings.REPLICA_ROUTER.get("COOKIE_NAME", "replica_router") not in response.cookies
+
+
+@db
+def test_login_survives_the_next_request_while_replicas_are_paused(
+    pause_replica, replica_cluster: Cluster
+):
+    User.objects.create_user("alice", password="pw")
+    replica_cluster.wait_replayed()
+    pause_replica("replica_1")
+    pause_replica("replica_2")
+    with configured("lsn"):
+        client = Client()
+        assert client.post("/login/", {"username": "alice"}).status_code == 200
+        # The session row exists only on the primary; the pin sends the read there.
+        assert client.get("/whoami/").content == b"alice"
+
+
+@db
+def test_login_is_lost_without_the_middleware_while_replicas_are_paused(
+    pause_replica, replica_cluster: Cluster
+):
+    """The failure the middleware prevents, shown for real."""
+    User.objects.create_user("bob", password="pw")
+    replica_cluster.wait_replayed()
+    pause_replica("replica_1")
+    pause_replica("replica_2")
+    with configured("lsn", middleware=WITHOUT_PINNING):
+        client = Client()
+        assert client.post("/login/", {"username": "bob"}).status_code == 200
+        assert client.get("/whoami/").content == b"anonymous"
+
+
+@db
+def test_lsn_mode_returns_to_replicas_once_they_caught_up(replica_cluster: Cluster):
+    with configured("lsn", PIN_SECONDS=60.0):
+        client = Client()
+        pk = client.post("/authors/", {"name": "x"}).json()["id"]
+        cookie = client.cookies["replica_router"]
+        assert cookie.value and cookie["httponly"] and cookie["samesite"] == "Lax"
+        replica_cluster.wait_replayed()
+        shown = client.get(f"/authors/{pk}/")
+        # Well before PIN_SECONDS (60 s), the read is back on a replica...
+        assert shown.json()["db"] in {"replica_1", "replica_2"}
+        # ...and the cookie is dropped, every replica having passed the token.
+        assert shown.cookies["replica_router"].value == ""
+
+
+@db
+def test_time_mode_keeps_reads_on_the_primary_for_pin_seconds(replica_cluster: Cluster):
+    with configured("time", PIN_SECONDS=60.0):
+        client = Client()
+        pk = client.post("/authors/", {"name": "x"}).json()["id"]
+        replica_cluster.wait_replayed()
+        assert client.get(f"/authors/{pk}/").json()["db"] == "default"
+
+
+@db
+def test_the_cookie_is_secure_on_https():
+    with configured("lsn"):
+        response = Client().post("/authors/", {"name": "x"}, secure=True)
+    assert response.cookies["replica_router"]["secure"]
+
+
+def _lagging_read_with_cookie(raw_cookie: str, replica_cluster: Cluster, pause_replica) -> str:
+    """Write while replicas are paused, then read with the given cookie."""
+    pause_replica("replica_1")
+    pause_replica("replica_2")
+    author = AuthorFactory()
+    client = Client()
+    client.cookies["replica_router"] = raw_cookie
+    response = client.get(f"/authors/{author.pk}/")
+    return "stale" if response.status_code == 404 else response.json()["db"]
+
+
+@db
+def test_a_valid_cookie_pins_while_replicas_lag(replica_cluster: Cluster, pause_replica):
+    with configured("lsn"):
+        token = sign_token("lsn:FF/FFFFFFFF")  # far ahead of any replica
+        assert _lagging_read_with_cookie(token, replica_cluster, pause_replica) == "default"
+
+
+@pytest.mark.parametrize(
+    "make_cookie",
+    [
+        pytest.param(lambda: sign_token("lsn:FF/FFFFFFFF")[:-1] + "x", id="tampered"),
+        pytest.param(lambda: "lsn:FF/FFFFFFFF", id="unsigned"),
+        pytest.param(lambda: sign_token("lsn:not-an-lsn"), id="malformed"),
+        pytest.param(lambda: "\x00garbage;;", id="garbage"),
+    ],
+)
+@db
+def test_bad_cookies_are_ignored(make_cookie, replica_cluster: Cluster, pause_replica):
+    with configured("lsn"):
+        served = _lagging_read_with_cookie(make_cookie(), replica_cluster, pause_replica)
+    assert served == "stale"  # read from a (paused) replica: the cookie was ignored
+
+
+@db
+def test_a_cookie_signed_with_another_secret_key_is_ignored(
+    replica_cluster: Cluster, pause_replica
+):
+    with override_settings(SECRET_KEY="someone-else's-key"):
+        foreign = sign_token("lsn:FF/FFFFFFFF")
+    with configured("lsn"):
+        served = _lagging_read_with_cookie(foreign, replica_cluster, pause_replica)
+    assert served == "stale"
+
+
+@db
+def test_an_expired_cookie_is_ignored(replica_cluster: Cluster, pause_replica):
+    class OneHourAgo(signing.TimestampSigner):
+        def timestamp(self) -> str:
+            return signing.b62_encode(int(time.time()) - 3600)
+
+    old = OneHourAgo(salt="replica_router.middleware.PrimaryPinningMiddleware").sign(
+        "lsn:FF/FFFFFFFF"
+    )
+    with configured("lsn", PIN_SECONDS=5.0):
+        served = _lagging_read_with_cookie(old, replica_cluster, pause_replica)
+    assert served == "stale"
+
+
+@db
+def test_concurrent_async_and_sync_requests_never_share_a_pin(replica_cluster: Cluster):
+    AuthorFactory()
+    replica_cluster.wait_replayed()
+
+    async def writer(path: str) -> str:
+        response = await AsyncClient().get(path)
+        return json.loads(response.content)["db"]
+
+    async def reader(path: str) -> str:
+        response = await AsyncClient().get(path)
+        return json.loads(response.content)["db"]
+
+    async def main() -> tuple[list[str], list[str]]:
+        writes = [writer("/async/write-then-read/") for _ in range(20)]
+        writes += [writer("/write-then-read/") for _ in range(20)]
+        reads = [reader("/async/any/") for _ in range(20)]
+        reads += [reader("/any/") for _ in range(20)]
+        results = await asyncio.gather(*writes, *reads)
+        # Sync views ran in asgiref's executor thread: close what they opened.
+        await sync_to_async(connections.close_all)()
+        return list(results[:40]), list(results[40:])
+
+    with configured("lsn"):
+        after_writes, plain_reads = asyncio.run(main())
+    assert set(after_writes) == {"default"}
+    assert set(plain_reads) <= {"replica_1", "replica_2"}
+
+
+# -- outside HTTP: the job helpers ------------------------------------------------
+
+
+def _in_thread(func):
+    result: list[object] = []
+
+    def run():
+        try:
+            result.append(func())
+        finally:
+            connections.close_all()
+
+    thread = threading.Thread(target=run)
+    thread.start()
+    thread.join()
+    return result[0]
+
+
+@db
+def test_a_token_from_a_write_sends_a_later_read_in_another_thread_to_the_primary(
+    replica_cluster: Cluster, pause_replica
+):
+    with configured("lsn"):
+        replica_cluster.wait_replayed()
+        pause_replica("replica_1")
+        pause_replica("replica_2")
+
+        def write():
+            assert current_token() is None  # nothing written in this thread yet
+            author = AuthorFactory()
+            return author.pk, current_token()
+
+        pk, token = _in_thread(write)
+        assert token is not None
+
+        def read_with(token):
+            with causal(token):
+                return router.db_for_read(Author), Author.objects.get(pk=pk).name
+
+        alias, _ = _in_thread(lambda: read_with(token))
+        assert alias == "default"
+
+        replica_cluster.resume("replica_1")
+        replica_cluster.resume("replica_2")
+        replica_cluster.wait_replayed()
+        alias, _ = _in_thread(lambda: read_with(token))
+        assert alias in {"replica_1", "replica_2"}
+
+
+@db
+def test_the_documented_task_queue_pattern(replica_cluster: Cluster, pause_replica):
+    """The pattern docs/read-your-writes.md shows for Celery, with a plain queue."""
+    jobs: queue.Queue = queue.Queue()
+
+    def enqueue(task, *args, headers):  # stands in for task.apply_async(headers=...)
+        jobs.put((task, args, headers))
+
+    def send_welcome(author_pk):
+        return Author.objects.get(pk=author_pk).name
+
+    def worker():  # stands in for the Celery worker and its task_prerun hook
+        task, args, headers = jobs.get()
+        with causal(headers.get("replica_router_token")):
+            return task(*args)
+
+    with configured("lsn"):
+        pause_replica("replica_1")
+        pause_replica("replica_2")
+
+        def view():
+            author = Author.objects.create(name="new user")
+            enqueue(send_welcome, author.pk, headers={"replica_router_token": current_token()})
+
+        _in_thread(view)
+        # Without the token the worker would read from a paused replica and fail.
+        assert _in_thread(worker) == "new user"
