@@ -27,7 +27,7 @@ if TYPE_CHECKING:
     from django.db.backends.base.base import BaseDatabaseWrapper
     from django.db.models import Model
 
-__all__ = ["ReplicaRouter", "get_balancer", "get_monitor"]
+__all__ = ["ReplicaRouter", "alternative_for", "get_balancer", "get_monitor"]
 
 logger = logging.getLogger("replica_router")
 
@@ -211,6 +211,31 @@ os.register_at_fork(after_in_child=_after_fork_in_child)
 
 
 setting_changed.connect(_on_setting_changed, dispatch_uid="replica_router.router")
+
+
+def alternative_for(alias: str) -> str:
+    """Where a read routed to ``alias`` goes when ``alias`` cannot give a connection.
+
+    Another replica in rotation, else what FALLBACK says (which may raise
+    NoReplicaAvailable). A read bound by read-your-writes goes to the primary,
+    the one node sure to have the write.
+    """
+    routing = _current_routing()
+    state = _causal.get()
+    if (
+        state is not None
+        and routing.read_your_writes
+        and (state.wrote or state.pinned or state.token is not None)
+    ):
+        return routing.primary
+    for _ in range(len(routing.balancer.weights)):
+        candidate = routing.balancer.pick()
+        if candidate is None:
+            break
+        if candidate != alias:
+            return candidate
+    fallback = routing.no_replica()
+    return routing.primary if fallback == alias else fallback
 
 
 def get_monitor() -> Monitor | None:

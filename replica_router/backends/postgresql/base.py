@@ -1,28 +1,173 @@
-"""Django's PostgreSQL backend, plus one thing: a replica that refuses a
-connection is taken out of rotation at once, without waiting for the next probe.
+"""Django's PostgreSQL backend, plus failover for reads on replicas.
 
 Use it as ``"ENGINE": "replica_router.backends.postgresql"`` on every alias the
 router manages; ``replica_router.env.database_settings()`` does so by default.
-It behaves exactly like ``django.db.backends.postgresql`` otherwise.
+On the primary, and on aliases the router does not manage, it behaves exactly
+like ``django.db.backends.postgresql``. On a replica alias:
+
+* **Connecting fails** (refused, reset, timed out, pool timeout): the replica
+  is taken out of rotation at once, and the connection is made to another
+  replica in rotation instead, or to the primary as ``FALLBACK`` says. The
+  query runs there; nothing is retried because nothing was sent.
+* **The connection breaks during a read** (the server died under it): the
+  replica is taken out of rotation at once, and the statement is run again on
+  a new connection made as above, if and only if it is safe to: a single
+  ``SELECT`` (no ``FOR UPDATE``/``FOR SHARE``, no writing CTE), in autocommit
+  mode (outside ``atomic()``), not through a server-side cursor, and only once.
+  Otherwise Django's ``OperationalError`` reaches the caller.
+
+A connection made to another node this way is used for one cursor only and
+then closed, so that the alias goes back to its own server as soon as the
+health monitor puts it back in rotation.
 """
 
 from __future__ import annotations
 
+import logging
+from collections.abc import Callable
 from typing import Any
 
 import psycopg
+from django.db import OperationalError
 from django.db.backends.postgresql import base
+
+from replica_router.pinning import is_write
 
 __all__ = ["DatabaseWrapper"]
 
+logger = logging.getLogger("replica_router")
+
+_LOCKING = ("FOR UPDATE", "FOR NO KEY UPDATE", "FOR SHARE", "FOR KEY SHARE")
+
 
 class DatabaseWrapper(base.DatabaseWrapper):
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        #: The alias whose server this connection was made to instead, or None.
+        self.borrowed_from: str | None = None
+        self.execute_wrappers.append(self._retry_broken_read)
+
+    # -- connecting ------------------------------------------------------------
+
     def get_new_connection(self, conn_params: dict[str, Any]) -> Any:
+        self.borrowed_from = None
+        if not _is_replica(self.alias):
+            return super().get_new_connection(conn_params)
+        if _known_down(self.alias):
+            # Raced with the monitor: do not wait on a server known to be dead.
+            return self._connect_elsewhere(None)
         try:
             return super().get_new_connection(conn_params)
         except psycopg.Error as exc:  # refused, reset, timed out, PoolTimeout
             _report_failure(self.alias, exc)
+            return self._connect_elsewhere(exc)
+
+    def _connect_elsewhere(self, error: BaseException | None) -> Any:
+        from django.db import connections
+
+        from replica_router.router import alternative_for
+
+        alternative = alternative_for(self.alias)
+        if alternative == self.alias:
+            if error is not None:
+                raise error
+            alternative = _primary()
+        stand_in = connections.create_connection(alternative)
+        params = stand_in.get_connection_params()
+        params.setdefault("connect_timeout", 2)
+        try:
+            connection = self.Database.connect(**params)
+        except psycopg.Error:
+            if error is not None:
+                raise error from None
             raise
+        if self.pool:
+            # Django configures pooled connections in the pool's callback; this
+            # one does not come from the pool.
+            self._configure_connection(connection)  # type: ignore[attr-defined]
+        self.borrowed_from = alternative
+        logger.info("replica_router: %s unavailable, reading from %s", self.alias, alternative)
+        return connection
+
+    def _cursor(self, name: str | None = None) -> Any:
+        if self.borrowed_from is not None and not self.in_atomic_block:
+            self.close()  # one cursor per borrowed connection
+        return super()._cursor(name)  # type: ignore[misc]
+
+    def _close(self) -> None:
+        if self.borrowed_from is not None and self.connection is not None:
+            self.borrowed_from = None
+            with self.wrap_database_errors:
+                self.connection.close()
+            self.connection = None
+            return
+        super()._close()  # type: ignore[misc]
+
+    # -- a read whose connection broke ---------------------------------------
+
+    def _retry_broken_read(
+        self,
+        execute: Callable[..., Any],
+        sql: Any,
+        params: Any,
+        many: bool,
+        context: dict[str, Any],
+    ) -> Any:
+        try:
+            return execute(sql, params, many, context)
+        except OperationalError as exc:
+            cursor_wrapper = context["cursor"]
+            if not self._may_retry(sql, many, cursor_wrapper):
+                raise
+            _report_failure(self.alias, exc)
+            logger.info("replica_router: %s broke during a read; retrying it once", self.alias)
+            self.close()
+            self.ensure_connection()
+            cursor_wrapper.cursor = self.create_cursor()
+            return execute(sql, params, many, context)
+
+    def _may_retry(self, sql: Any, many: bool, cursor_wrapper: Any) -> bool:
+        if many or self.in_atomic_block or not self.get_autocommit():
+            return False
+        if not _is_replica(self.alias) or getattr(cursor_wrapper.cursor, "name", None):
+            return False
+        if self.connection is not None and not (self.connection.closed or self.connection.broken):
+            return False  # the server answered with an error; running it again won't help
+        text = sql if isinstance(sql, str) else str(sql)
+        head = text.lstrip(" \t\r\n(").split(None, 1)
+        if not head or head[0].upper() not in ("SELECT", "WITH") or is_write(text):
+            return False
+        upper = text.upper()
+        return not any(lock in upper for lock in _LOCKING)
+
+
+def _is_replica(alias: str) -> bool:
+    from replica_router.conf import get_config
+
+    try:
+        return alias in get_config().replicas
+    except Exception:
+        return False
+
+
+def _primary() -> str:
+    from replica_router.conf import get_config
+
+    return get_config().primary
+
+
+def _known_down(alias: str) -> bool:
+    from replica_router.health import State
+    from replica_router.router import get_monitor
+
+    monitor = get_monitor()
+    if monitor is None:
+        return False
+    try:
+        node = monitor.snapshot.node(alias)
+    except KeyError:
+        return False
+    return node.state is State.DOWN
 
 
 def _report_failure(alias: str, exc: BaseException) -> None:
