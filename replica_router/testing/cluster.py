@@ -123,6 +123,27 @@ def find_bindir() -> Path:
     )
 
 
+def _children(pid: int) -> list[int]:
+    """Direct children of ``pid`` (Linux /proc; empty elsewhere)."""
+    found = []
+    for proc in Path("/proc").glob("[0-9]*"):
+        try:
+            stat_fields = (proc / "stat").read_text().rsplit(")", 1)[1].split()
+        except OSError:
+            continue
+        if int(stat_fields[1]) == pid:
+            found.append(int(proc.name))
+    return found
+
+
+def _alive(pid: int) -> bool:
+    try:
+        state = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0]
+    except OSError:
+        return False
+    return state != "Z"
+
+
 def _free_port() -> int:
     with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
         s.bind(("127.0.0.1", 0))
@@ -420,10 +441,15 @@ class Cluster:
         pid = self.pid(name)
         if pid is None:
             raise ClusterError(f"{name} is not running")
-        os.kill(pid, signal.SIGKILL)
+        # The whole host goes: the postmaster and every backend, so that open
+        # client connections break at once instead of lingering for a moment.
+        victims = [pid, *_children(pid)]
+        for victim in victims:
+            with contextlib.suppress(ProcessLookupError):
+                os.kill(victim, signal.SIGKILL)
         deadline = time.monotonic() + 10
-        while self.is_up(name) and time.monotonic() < deadline:
-            time.sleep(0.02)
+        while time.monotonic() < deadline and any(_alive(v) for v in victims):
+            time.sleep(0.01)
 
     def down(self) -> None:
         """Stop every node and remove the cluster's directory."""

@@ -45,9 +45,19 @@ class DatabaseWrapper(base.DatabaseWrapper):
         super().__init__(*args, **kwargs)
         #: The alias whose server this connection was made to instead, or None.
         self.borrowed_from: str | None = None
+        self._connecting = False
         self.execute_wrappers.append(self._retry_broken_read)
 
     # -- connecting ------------------------------------------------------------
+
+    def connect(self) -> None:
+        # connect() opens cursors of its own (time zone, role); those must not
+        # count as the one cursor a borrowed connection serves.
+        self._connecting = True
+        try:
+            super().connect()
+        finally:
+            self._connecting = False
 
     def get_new_connection(self, conn_params: dict[str, Any]) -> Any:
         self.borrowed_from = None
@@ -75,6 +85,9 @@ class DatabaseWrapper(base.DatabaseWrapper):
         stand_in = connections.create_connection(alternative)
         params = stand_in.get_connection_params()
         params.setdefault("connect_timeout", 2)
+        if self.pool:
+            # As Django does for pooled connections; it sets autocommit later.
+            params["autocommit"] = True
         try:
             connection = self.Database.connect(**params)
         except psycopg.Error:
@@ -90,7 +103,7 @@ class DatabaseWrapper(base.DatabaseWrapper):
         return connection
 
     def _cursor(self, name: str | None = None) -> Any:
-        if self.borrowed_from is not None and not self.in_atomic_block:
+        if self.borrowed_from is not None and not self._connecting and not self.in_atomic_block:
             self.close()  # one cursor per borrowed connection
         return super()._cursor(name)  # type: ignore[misc]
 
