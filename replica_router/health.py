@@ -546,11 +546,21 @@ class Monitor:
                 f"{lag_bytes} bytes behind (MAX_LAG_BYTES {config.max_lag_bytes})"
                 + _paused_note(result),
             )
-        elif lag_seconds is not None and lag_seconds > config.max_lag_seconds:
+        elif result.replay_paused and _pending(result, primary if primary_ok else None):
+            # Its lag can only grow until someone resumes replay.
+            verdict, reason = State.LAGGING, "WAL replay is paused with WAL waiting to be applied"
+        elif (
+            lag_seconds is not None
+            and lag_seconds > 0
+            and lag_seconds + config.check_interval > config.max_lag_seconds
+        ):
+            # Lag grows at most one second per second, so a replica that could pass
+            # MAX_LAG_SECONDS before the next probe leaves rotation now: no read
+            # is ever served with more lag than MAX_LAG_SECONDS.
             verdict, reason = (
                 State.LAGGING,
-                f"{lag_seconds:.1f}s behind (MAX_LAG_SECONDS {config.max_lag_seconds:g})"
-                + _paused_note(result),
+                f"{lag_seconds:.1f}s behind (MAX_LAG_SECONDS {config.max_lag_seconds:g}, "
+                f"less one CHECK_INTERVAL {config.check_interval:g})" + _paused_note(result),
             )
         else:
             verdict, reason = State.HEALTHY, "in rotation"
@@ -716,6 +726,16 @@ def _safe_settings(alias: str) -> Mapping[str, Any]:
         return _settings_of(alias)
     except Exception:  # settings not configured: a standalone monitor
         return {}
+
+
+def _pending(result: Probe, primary: Probe | None) -> bool:
+    """Whether WAL exists that the replica has not replayed (received or not)."""
+    replay = result.replay_lsn
+    if replay is None:
+        return False
+    if result.receive_lsn is not None and result.receive_lsn > replay:
+        return True
+    return primary is not None and primary.current_lsn is not None and primary.current_lsn > replay
 
 
 def _paused_note(result: Probe) -> str:

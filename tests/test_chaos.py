@@ -1,0 +1,199 @@
+"""Chaos under load: a replica is killed, another paused, the first restarted,
+all while client threads read through the router on pooled aliases.
+
+The figures are printed into the test output (and kept in docs/benchmarks.md).
+A read must never fail, never be served by a node that is dead or over the lag
+threshold at that moment, and never sit out a dead replica's pool timeout.
+"""
+
+from __future__ import annotations
+
+import statistics
+import threading
+import time
+from dataclasses import dataclass, field
+
+import pytest
+from django.conf import settings
+from django.db import connections, router
+from django.db.models.expressions import RawSQL
+from django.test import override_settings
+
+from replica_router.router import get_monitor
+from replica_router.testing.cluster import PRIMARY, Cluster
+from tests.testapp.models import Author
+
+ALL = ["default", "replica_1", "replica_2"]
+db = pytest.mark.django_db(databases=ALL, transaction=True)
+
+READERS = 8
+MAX_LAG_SECONDS = 1.0
+CHAOS = {
+    "CHECK_INTERVAL": 0.2,
+    "CHECK_TIMEOUT": 0.5,
+    "RECOVERY_CHECKS": 2,
+    "MAX_LAG_SECONDS": MAX_LAG_SECONDS,
+    "FALLBACK": "primary",
+}
+
+
+@dataclass
+class Load:
+    """Reader threads reading a heartbeat row that a writer keeps fresh."""
+
+    heartbeat_pk: int
+    write: bool = True
+    stop: threading.Event = field(default_factory=threading.Event)
+    lock: threading.Lock = field(default_factory=threading.Lock)
+    reads: list[tuple[float, float, int, float]] = field(default_factory=list)
+    failures: list[str] = field(default_factory=list)
+    threads: list[threading.Thread] = field(default_factory=list)
+
+    def _reader(self) -> None:
+        try:
+            while not self.stop.is_set():
+                started = time.perf_counter()
+                try:
+                    beat, port = (
+                        Author.objects.filter(pk=self.heartbeat_pk)
+                        .annotate(port=RawSQL("inet_server_port()", ()))
+                        .values_list("name", "port")
+                        .get()
+                    )
+                except Exception as exc:
+                    with self.lock:
+                        self.failures.append(f"{type(exc).__name__}: {exc}")
+                    continue
+                finished = time.perf_counter()
+                age = time.time() - float(beat)
+                with self.lock:
+                    self.reads.append((started, finished - started, port, age))
+        finally:
+            connections.close_all()
+
+    def _writer(self) -> None:
+        try:
+            while not self.stop.is_set():
+                Author.objects.filter(pk=self.heartbeat_pk).update(name=repr(time.time()))
+                time.sleep(0.05)
+        finally:
+            connections.close_all()
+
+    def start(self) -> None:
+        targets = [self._reader] * READERS + ([self._writer] if self.write else [])
+        self.threads = [threading.Thread(target=t, daemon=True) for t in targets]
+        for thread in self.threads:
+            thread.start()
+
+    def finish(self) -> None:
+        self.stop.set()
+        for thread in self.threads:
+            thread.join(30)
+
+
+def _percentile(values: list[float], q: float) -> float:
+    return statistics.quantiles(values, n=100, method="inclusive")[q - 1] if values else 0.0
+
+
+@db
+def test_chaos_replica_killed_paused_and_restarted_under_read_load(
+    replica_cluster: Cluster, capsys
+):
+    heartbeat = Author.objects.create(name=repr(time.time()))
+    replica_cluster.wait_replayed()
+    ports = {name: replica_cluster.port(name) for name in replica_cluster.nodes}
+    with override_settings(REPLICA_ROUTER={**settings.REPLICA_ROUTER, **CHAOS}):
+        router.db_for_read(Author)
+        monitor = get_monitor()
+        assert monitor is not None and monitor.running
+        load = Load(heartbeat.pk)
+        t0 = time.perf_counter()
+        load.start()
+        events: dict[str, float] = {}
+        try:
+            time.sleep(5)
+            replica_cluster.kill("replica_2")  # the pooled replica
+            events["kill replica_2"] = time.perf_counter()
+            time.sleep(5)
+            replica_cluster.pause("replica_1")
+            events["pause replica_1"] = time.perf_counter()
+            time.sleep(5)
+            replica_cluster.start("replica_2")
+            events["start replica_2"] = time.perf_counter()
+            deadline = time.perf_counter() + 10
+            while not monitor.snapshot.node("replica_2").in_rotation:
+                assert time.perf_counter() < deadline, "replica_2 never came back"
+                time.sleep(0.05)
+            events["replica_2 back in rotation"] = time.perf_counter()
+            time.sleep(max(0.0, t0 + 20 - time.perf_counter()))
+        finally:
+            load.finish()
+            if replica_cluster.is_up("replica_1"):
+                replica_cluster.resume("replica_1")
+            replica_cluster.start("replica_2")
+            replica_cluster.wait_streaming()
+
+    latencies = [duration for _, duration, _, _ in load.reads]
+    # Served by a node that was dead at that moment: replica_2 between its
+    # kill and its restart.
+    from_dead = [
+        r
+        for r in load.reads
+        if r[2] == ports["replica_2"]
+        and events["kill replica_2"] <= r[0] < events["start replica_2"]
+    ]
+    # Served with data older than the lag threshold (the heartbeat's age).
+    too_stale = [r for r in load.reads if r[3] > MAX_LAG_SECONDS]
+    by_node = {name: sum(1 for r in load.reads if r[2] == port) for name, port in ports.items()}
+    p50, p99 = _percentile(latencies, 50), _percentile(latencies, 99)
+    slowest = max(latencies, default=0.0)
+    with capsys.disabled():
+        print(
+            f"\nchaos: {READERS} reader threads for {time.perf_counter() - t0:.1f} s, "
+            f"{len(load.reads)} reads, {len(load.failures)} failed; "
+            f"{len(from_dead)} served by a dead node, {len(too_stale)} staler than "
+            f"{MAX_LAG_SECONDS:g} s; served by {by_node}; latency p50 {p50 * 1000:.1f} ms, "
+            f"p99 {p99 * 1000:.1f} ms, slowest {slowest * 1000:.1f} ms; "
+            + ", ".join(f"{name} at {at - t0:.1f} s" for name, at in events.items())
+        )
+    assert load.failures == []
+    assert from_dead == []
+    assert too_stale == []
+    assert by_node["replica_2"] > 0 and by_node["replica_1"] > 0
+    assert p99 < 1.0
+    assert slowest < 2.0
+
+
+@db
+def test_chaos_primary_stopped_under_read_load(replica_cluster: Cluster, capsys):
+    heartbeat = Author.objects.create(name=repr(time.time()))
+    replica_cluster.wait_replayed()
+    with override_settings(REPLICA_ROUTER={**settings.REPLICA_ROUTER, **CHAOS}):
+        router.db_for_read(Author)
+        load = Load(heartbeat.pk, write=False)
+        t0 = time.perf_counter()
+        load.start()
+        try:
+            time.sleep(1)
+            replica_cluster.stop_primary()
+            stopped = time.perf_counter()
+            time.sleep(4)
+            replica_cluster.start(PRIMARY)
+            started = time.perf_counter()
+            time.sleep(1)
+        finally:
+            load.finish()
+            replica_cluster.start(PRIMARY)
+            replica_cluster.wait_streaming()
+            connections["default"].close()
+    during = [r for r in load.reads if stopped <= r[0] < started]
+    latencies = [r[1] for r in load.reads]
+    with capsys.disabled():
+        print(
+            f"\nchaos, primary stopped for {started - stopped:.1f} s: {len(load.reads)} reads "
+            f"({len(during)} while it was down), {len(load.failures)} failed; "
+            f"p99 {_percentile(latencies, 99) * 1000:.1f} ms, "
+            f"slowest {max(latencies, default=0) * 1000:.1f} ms; total {time.perf_counter() - t0:.1f} s"
+        )
+    assert load.failures == []
+    assert len(during) > 0
