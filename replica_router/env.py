@@ -34,6 +34,26 @@ if TYPE_CHECKING:
 __all__ = ["database_settings"]
 
 PRIMARY_ALIAS = "default"
+#: The engine given to PostgreSQL aliases: Django's, plus read failover.
+FAILOVER_ENGINE = "replica_router.backends.postgresql"
+#: libpq's connect_timeout (its minimum is 2 s): a dead host costs a write at
+#: most this long, instead of the operating system's TCP timeout.
+CONNECT_TIMEOUT = 2
+#: How long a read waits for a pooled replica connection before failing over,
+#: instead of psycopg_pool's 30 s.
+REPLICA_POOL_TIMEOUT = 1.0
+
+
+def _harden(config: dict[str, Any], *, replica: bool) -> None:
+    """Defaults that keep failures short: the failover engine and bounded waits."""
+    if config.get("ENGINE") != "django.db.backends.postgresql":
+        return  # PostGIS and others keep their own backend
+    config["ENGINE"] = FAILOVER_ENGINE
+    options = config.setdefault("OPTIONS", {})
+    options.setdefault("connect_timeout", CONNECT_TIMEOUT)
+    pool = options.get("pool")
+    if replica and isinstance(pool, dict):
+        pool.setdefault("timeout", REPLICA_POOL_TIMEOUT)
 
 # A comma starts a new URL only if a scheme follows it: a multi-host PostgreSQL
 # URL (postgres://u:p@h1:5432,h2:5432/db) keeps its commas.
@@ -158,6 +178,11 @@ def database_settings(
     ``OPTIONS["pool"]``, and a replica URL may carry ``weight`` (default 1). Each
     replica gets ``TEST = {"MIRROR": "default"}``.
 
+    PostgreSQL aliases get the failover engine ``replica_router.backends.postgresql``,
+    ``OPTIONS["connect_timeout"] = 2`` unless the URL sets one, and a pooled
+    replica a pool ``timeout`` of 1 s unless the URL sets ``pool_timeout``: a
+    read must not wait 30 s for a replica that is gone.
+
     Nothing global is changed. Raises
     :class:`~replica_router.exceptions.ReplicaRouterConfigError` for a missing
     primary URL or a bad value, naming the variable and the replica but never
@@ -170,6 +195,7 @@ def database_settings(
         )
     primary = _parse_url(primary_url, primary_var)
     _take_params(primary, primary_var, replica=False)
+    _harden(primary, replica=False)
     databases: dict[str, dict[str, Any]] = {PRIMARY_ALIAS: primary}
 
     replicas: dict[str, int] = {}
@@ -179,6 +205,7 @@ def database_settings(
         where = f"{replicas_var} (replica {index})"
         config = _parse_url(url, where)
         weight = _take_params(config, where, replica=True)
+        _harden(config, replica=True)
         config["TEST"] = {**config.get("TEST", {}), "MIRROR": PRIMARY_ALIAS}
         alias = f"replica_{index}"
         databases[alias] = config

@@ -49,13 +49,13 @@ def test_primary_and_weighted_pooled_replicas():
     assert router == {"PRIMARY": "default", "REPLICAS": {"replica_1": 3, "replica_2": 1}}
     assert list(databases) == ["default", "replica_1", "replica_2"]
     assert databases["default"] == {
-        "ENGINE": "django.db.backends.postgresql",
+        "ENGINE": "replica_router.backends.postgresql",
         "NAME": "app",
         "USER": "app",
         "PASSWORD": PASSWORD,
         "HOST": "db-primary",
         "PORT": 5432,
-        "OPTIONS": {"pool": {"max_size": 20}},
+        "OPTIONS": {"pool": {"max_size": 20}, "connect_timeout": 2},
     }
     replica_1 = databases["replica_1"]
     assert replica_1["HOST"] == "db-r1"
@@ -63,11 +63,30 @@ def test_primary_and_weighted_pooled_replicas():
     assert replica_1["OPTIONS"] == {
         "sslmode": "require",
         "pool": {"min_size": 2, "max_size": 8, "timeout": 2.5},
+        "connect_timeout": 2,
     }
     assert replica_1["TEST"] == {"MIRROR": "default"}
     assert databases["replica_2"]["HOST"] == "db-r2"
-    assert "OPTIONS" not in databases["replica_2"]
+    assert databases["replica_2"]["OPTIONS"] == {"connect_timeout": 2}
     assert databases["replica_2"]["TEST"] == {"MIRROR": "default"}
+
+
+def test_failover_engine_and_bounded_waits_by_default():
+    env = make_env(
+        DATABASE_URL="postgres://app@db/app",
+        REPLICA_URLS=(
+            "postgres://app@r1/app?pool_max_size=4,"
+            "postgres://app@r2/app?connect_timeout=5,"
+            "postgis://app@r3/app"
+        ),
+    )
+    databases, _ = database_settings(env)
+    assert databases["default"]["ENGINE"] == "replica_router.backends.postgresql"
+    # A read waits at most 1 s for a pooled replica connection, not psycopg_pool's 30 s.
+    assert databases["replica_1"]["OPTIONS"]["pool"] == {"max_size": 4, "timeout": 1.0}
+    assert databases["replica_2"]["OPTIONS"]["connect_timeout"] == 5  # the URL wins
+    # PostGIS keeps its own backend.
+    assert databases["replica_3"]["ENGINE"] == "django.contrib.gis.db.backends.postgis"
 
 
 def test_result_is_a_valid_router_configuration():
