@@ -55,6 +55,7 @@ def _harden(config: dict[str, Any], *, replica: bool) -> None:
     if replica and isinstance(pool, dict):
         pool.setdefault("timeout", REPLICA_POOL_TIMEOUT)
 
+
 # A comma starts a new URL only if a scheme follows it: a multi-host PostgreSQL
 # URL (postgres://u:p@h1:5432,h2:5432/db) keeps its commas.
 _URL_SEPARATOR = re.compile(r",\s*(?=[A-Za-z][A-Za-z0-9+.-]*://)")

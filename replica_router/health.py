@@ -158,9 +158,10 @@ class Snapshot:
     @property
     def overall(self) -> str:
         """``ok``: every replica serves; ``degraded``: some do not; ``unavailable``:
-        none does, or the primary is unreachable."""
+        none does, or the primary is unreachable (down, or ejected: not a primary)."""
         serving = [n for n in self.replicas if n.in_rotation]
-        if self.primary.state is State.DOWN or (self.replicas and not serving):
+        primary_lost = self.primary.state in (State.DOWN, State.EJECTED)
+        if primary_lost or (self.replicas and not serving):
             return "unavailable"
         if len(serving) < len(self.replicas):
             return "degraded"
@@ -386,6 +387,14 @@ class Monitor:
         """Start the monitor thread; with ``wait``, return after its first cycle
         (or after ``CHECK_TIMEOUT`` plus a little, whichever comes first)."""
         with self._lock:
+            already_running = self.running
+        if already_running:
+            # Started by another thread: still wait for its first cycle, so that
+            # no caller ever routes by an all-"unknown" snapshot.
+            if wait:
+                self._first_cycle.wait(self.config.check_timeout + 0.25)
+            return
+        with self._lock:
             if self.running:
                 return
             if self._pid != os.getpid():  # forked: the parent's threads did not come along
@@ -546,9 +555,6 @@ class Monitor:
                 f"{lag_bytes} bytes behind (MAX_LAG_BYTES {config.max_lag_bytes})"
                 + _paused_note(result),
             )
-        elif result.replay_paused and _pending(result, primary if primary_ok else None):
-            # Its lag can only grow until someone resumes replay.
-            verdict, reason = State.LAGGING, "WAL replay is paused with WAL waiting to be applied"
         elif (
             lag_seconds is not None
             and lag_seconds > 0
@@ -726,16 +732,6 @@ def _safe_settings(alias: str) -> Mapping[str, Any]:
         return _settings_of(alias)
     except Exception:  # settings not configured: a standalone monitor
         return {}
-
-
-def _pending(result: Probe, primary: Probe | None) -> bool:
-    """Whether WAL exists that the replica has not replayed (received or not)."""
-    replay = result.replay_lsn
-    if replay is None:
-        return False
-    if result.receive_lsn is not None and result.receive_lsn > replay:
-        return True
-    return primary is not None and primary.current_lsn is not None and primary.current_lsn > replay
 
 
 def _paused_note(result: Probe) -> str:

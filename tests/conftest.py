@@ -44,6 +44,7 @@ def outage(replica_cluster: Cluster) -> Iterator[Cluster]:
                 if not replica_cluster.is_up(name):
                     replica_cluster.start(name)
             replica_cluster.wait_streaming()
+            replica_cluster.wait_replayed()
         finally:
             connections.close_all()
             for alias in list(DatabaseWrapper._connection_pools):

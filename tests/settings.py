@@ -41,7 +41,7 @@ for _name in CLUSTER.replicas:
 # One replica with persistent connections and one behind Django's native psycopg
 # pool, so both connection styles are exercised by every routing test.
 DATABASES["replica_1"]["CONN_MAX_AGE"] = 60
-DATABASES["replica_2"]["OPTIONS"] = {"pool": {"min_size": 1, "max_size": 8, "timeout": 5}}
+DATABASES["replica_2"]["OPTIONS"] = {"pool": {"min_size": 1, "max_size": 8, "timeout": 1}}
 
 DATABASE_ROUTERS = ["replica_router.ReplicaRouter"]
 REPLICA_ROUTER = {

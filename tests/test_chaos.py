@@ -132,6 +132,7 @@ def test_chaos_replica_killed_paused_and_restarted_under_read_load(
                 replica_cluster.resume("replica_1")
             replica_cluster.start("replica_2")
             replica_cluster.wait_streaming()
+            replica_cluster.wait_replayed()
 
     latencies = [duration for _, duration, _, _ in load.reads]
     # Served by a node that was dead at that moment: replica_2 between its
@@ -185,6 +186,7 @@ def test_chaos_primary_stopped_under_read_load(replica_cluster: Cluster, capsys)
             load.finish()
             replica_cluster.start(PRIMARY)
             replica_cluster.wait_streaming()
+            replica_cluster.wait_replayed()
             connections["default"].close()
     during = [r for r in load.reads if stopped <= r[0] < started]
     latencies = [r[1] for r in load.reads]
@@ -193,7 +195,8 @@ def test_chaos_primary_stopped_under_read_load(replica_cluster: Cluster, capsys)
             f"\nchaos, primary stopped for {started - stopped:.1f} s: {len(load.reads)} reads "
             f"({len(during)} while it was down), {len(load.failures)} failed; "
             f"p99 {_percentile(latencies, 99) * 1000:.1f} ms, "
-            f"slowest {max(latencies, default=0) * 1000:.1f} ms; total {time.perf_counter() - t0:.1f} s"
+            f"slowest {max(latencies, default=0) * 1000:.1f} ms; "
+            f"total {time.perf_counter() - t0:.1f} s"
         )
     assert load.failures == []
     assert len(during) > 0

@@ -1,13 +1,22 @@
-"""The reference docs cover every setting and every check id the code defines."""
+"""The reference docs cover every setting, check id, command flag, JSON field,
+state and signal the code defines."""
 
 from __future__ import annotations
 
 import re
+from datetime import UTC, datetime
 from pathlib import Path
 
+from django.core.management.base import BaseCommand
+
+from replica_router import signals
 from replica_router.conf import DEFAULTS
+from replica_router.health import NodeStatus, Snapshot, State
+from replica_router.management.commands.replica_health import Command
+from replica_router.report import POOL_FIELDS
 
 ROOT = Path(__file__).resolve().parent.parent
+HEALTH = (ROOT / "docs" / "health.md").read_text()
 
 
 def test_every_setting_has_a_section():
@@ -17,9 +26,53 @@ def test_every_setting_has_a_section():
 
 
 def test_every_check_id_has_a_section():
-    source = "".join(path.read_text() for path in (ROOT / "replica_router").glob("*.py"))
+    source = "".join(path.read_text() for path in (ROOT / "replica_router").rglob("*.py"))
     used = set(re.findall(r"replica_router\.[EW]\d{3}", source))
     text = (ROOT / "docs" / "checks.md").read_text()
     documented = set(re.findall(r"^## (replica_router\.[EW]\d{3})$", text, re.MULTILINE))
     assert used  # the pattern still matches how ids are written
     assert documented == used
+
+
+def _flags(command: BaseCommand) -> set[str]:
+    parser = command.create_parser("manage.py", "replica_health")
+    return {flag for action in parser._actions for flag in action.option_strings}
+
+
+def test_every_replica_health_flag_is_documented():
+    own = _flags(Command()) - _flags(BaseCommand())
+    assert own >= {"--format", "--watch", "--check"}
+    missing = {flag for flag in own if f"`{flag}" not in HEALTH}
+    assert not missing
+
+
+def test_every_json_field_has_a_row_in_the_schema():
+    now = datetime.now(UTC)
+    node = NodeStatus(
+        alias="replica_1",
+        role="replica",
+        host="db",
+        port="5432",
+        weight=1,
+        state=State.HEALTHY,
+        in_rotation=True,
+        reason="in rotation",
+        since=now,
+        checked_at=now,
+        lag_seconds=0.0,
+        lag_bytes=0,
+        rtt=0.001,
+        lsn=1,
+        last_error="x",
+    )
+    document = Snapshot(nodes=(node,), taken_at=now).as_dict(topology=True)
+    fields = set(document) | set(document["nodes"][0]) | {"pool"}
+    missing = {field for field in fields if f"| `{field}` |" not in HEALTH}
+    assert not missing
+    assert all(f"`{field}`" in HEALTH for field in POOL_FIELDS)
+
+
+def test_every_state_and_signal_is_documented():
+    assert all(f"| `{state}` |" in HEALTH for state in State)
+    assert signals.__all__
+    assert all(f"`{name}`" in HEALTH for name in signals.__all__)

@@ -100,6 +100,7 @@ def killed(replica_cluster: Cluster) -> Iterator[Callable[[str], None]]:
     for name in names:
         replica_cluster.start(name)
     replica_cluster.wait_streaming()
+    replica_cluster.wait_replayed()
 
 
 @pytest.fixture
@@ -115,7 +116,8 @@ def state_changes() -> Iterator[list[tuple[str, str, str, str]]]:
 
 
 @db
-def test_the_monitor_starts_on_the_first_routed_read_not_before():
+def test_the_monitor_starts_on_the_first_routed_read_not_before(replica_cluster: Cluster):
+    replica_cluster.wait_replayed()
     with override_settings(REPLICA_ROUTER={**settings.REPLICA_ROUTER, **FAST}):
         monitor = get_monitor()
         assert monitor is not None

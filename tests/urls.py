@@ -1,3 +1,7 @@
 from __future__ import annotations
 
-urlpatterns: list[object] = []
+from django.urls import path
+
+from replica_router.views import replica_health
+
+urlpatterns = [path("health/replicas/", replica_health)]

@@ -30,8 +30,10 @@ from typing import Any
 import psycopg
 from django.db import OperationalError
 from django.db.backends.postgresql import base
+from django.dispatch import receiver
 
 from replica_router.pinning import is_write
+from replica_router.signals import replica_state_changed
 
 __all__ = ["DatabaseWrapper"]
 
@@ -69,37 +71,59 @@ class DatabaseWrapper(base.DatabaseWrapper):
         try:
             return super().get_new_connection(conn_params)
         except psycopg.Error as exc:  # refused, reset, timed out, PoolTimeout
-            _report_failure(self.alias, exc)
+            self._replica_failed(exc)
             return self._connect_elsewhere(exc)
 
-    def _connect_elsewhere(self, error: BaseException | None) -> Any:
-        from django.db import connections
+    def _replica_failed(self, exc: BaseException) -> None:
+        """Take the replica out of rotation (which drops its pool, see below)."""
+        _report_failure(self.alias, exc)
+        _drop_pool(self.alias)
 
+    def _connect_elsewhere(self, error: BaseException | None) -> Any:
+        """Connect to a stand-in: another replica in rotation, else per FALLBACK.
+
+        A stand-in that fails too is taken out of rotation and the next one is
+        tried; the primary comes last.
+        """
         from replica_router.router import alternative_for
 
-        alternative = alternative_for(self.alias)
-        if alternative == self.alias:
-            if error is not None:
-                raise error
-            alternative = _primary()
-        stand_in = connections.create_connection(alternative)
-        params = stand_in.get_connection_params()
+        tried = {self.alias}
+        last_error = error
+        primary = _primary()
+        while True:
+            alternative = alternative_for(self.alias)
+            if alternative in tried:
+                if primary in tried:
+                    break
+                alternative = primary
+            tried.add(alternative)
+            try:
+                connection = self._connect_to(alternative)
+            except psycopg.Error as exc:
+                last_error = exc
+                if alternative != primary:
+                    _report_failure(alternative, exc)
+                continue
+            self.borrowed_from = alternative
+            logger.info("replica_router: %s unavailable, reading from %s", self.alias, alternative)
+            return connection
+        if last_error is None:
+            last_error = psycopg.OperationalError(f"no node can stand in for {self.alias}")
+        raise last_error
+
+    def _connect_to(self, alias: str) -> Any:
+        from django.db import connections
+
+        params = connections.create_connection(alias).get_connection_params()
         params.setdefault("connect_timeout", 2)
         if self.pool:
             # As Django does for pooled connections; it sets autocommit later.
             params["autocommit"] = True
-        try:
-            connection = self.Database.connect(**params)
-        except psycopg.Error:
-            if error is not None:
-                raise error from None
-            raise
+        connection = self.Database.connect(**params)
         if self.pool:
             # Django configures pooled connections in the pool's callback; this
             # one does not come from the pool.
             self._configure_connection(connection)  # type: ignore[attr-defined]
-        self.borrowed_from = alternative
-        logger.info("replica_router: %s unavailable, reading from %s", self.alias, alternative)
         return connection
 
     def _cursor(self, name: str | None = None) -> Any:
@@ -132,7 +156,7 @@ class DatabaseWrapper(base.DatabaseWrapper):
             cursor_wrapper = context["cursor"]
             if not self._may_retry(sql, many, cursor_wrapper):
                 raise
-            _report_failure(self.alias, exc)
+            self._replica_failed(exc)
             logger.info("replica_router: %s broke during a read; retrying it once", self.alias)
             self.close()
             self.ensure_connection()
@@ -181,6 +205,26 @@ def _known_down(alias: str) -> bool:
     except KeyError:
         return False
     return node.state is State.DOWN
+
+
+def _drop_pool(alias: str) -> None:
+    """Close a replica's pool and forget it; Django makes a new one when needed.
+
+    Closing wakes every thread waiting in the pool for a connection (they fail
+    over at once instead of sitting out the pool timeout), stops the pool's
+    attempts to reconnect to a dead server, and discards its connections to
+    that server, which would all be broken when it comes back.
+    """
+    pools = base.DatabaseWrapper._connection_pools  # type: ignore[attr-defined]
+    pool = pools.pop(alias, None)
+    if pool is not None:
+        pool.close(timeout=0.5)
+
+
+@receiver(replica_state_changed, dispatch_uid="replica_router.backends.drop_pool")
+def _drop_pool_of_down_replica(*, alias: str, new_state: str, **kwargs: Any) -> None:
+    if new_state == "down":
+        _drop_pool(alias)
 
 
 def _report_failure(alias: str, exc: BaseException) -> None:

@@ -1,0 +1,58 @@
+"""A JSON health view for load balancers and dashboards.
+
+Wire it in your URLconf::
+
+    from replica_router.views import replica_health
+
+    urlpatterns = [path("health/replicas/", replica_health)]
+
+It serves what this process's health monitor last published; it never opens a
+database connection itself. See docs/health.md for the schema.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from django.http import HttpRequest, JsonResponse
+from django.views.decorators.http import require_safe
+
+from replica_router.report import health_document
+from replica_router.router import get_monitor
+
+__all__ = ["replica_health"]
+
+
+@require_safe
+def replica_health(request: HttpRequest) -> JsonResponse:
+    """The replicas' health as JSON: HTTP 503 when no replica serves reads or the
+    primary is unreachable, 200 otherwise (``degraded`` still serves).
+
+    Staff users see the topology (hosts, ports, weights, reasons, errors, WAL
+    positions, round-trips, pools); everyone else sees each alias's role, state,
+    rotation and lag only. With health checks off, or no replica configured,
+    the status is ``"unmonitored"`` and there are no nodes.
+    """
+    monitor = get_monitor()
+    status = 200
+    document: dict[str, Any]
+    if monitor is None:
+        document = {"status": "unmonitored", "taken_at": None, "nodes": []}
+    else:
+        if not monitor.running:
+            # The router starts it on the first read to a replica; a process
+            # that has served no read yet (or was forked) starts it here.
+            monitor.start(wait=True)
+        snapshot = monitor.snapshot
+        document = health_document(snapshot, topology=_is_staff(request))
+        if snapshot.exit_code == 2:
+            status = 503
+    response = JsonResponse(document, status=status)
+    response["Cache-Control"] = "no-store"
+    return response
+
+
+def _is_staff(request: HttpRequest) -> bool:
+    # Sites without AuthenticationMiddleware have no request.user: anonymous.
+    user = getattr(request, "user", None)
+    return bool(getattr(user, "is_staff", False))
