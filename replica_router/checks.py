@@ -25,12 +25,17 @@ __all__ = [
     "ALL_CHECKS",
     "TAG",
     "check_databases",
+    "check_lag_promise",
     "check_primary_only",
     "check_router_installed",
     "check_settings",
 ]
 
 TAG: Final = "replica_router"
+
+FAILOVER_ENGINE: Final = "replica_router.backends.postgresql"
+# PostGIS is left alone: the failover engine is not a GIS backend.
+_DJANGO_POSTGRESQL_ENGINES: Final = frozenset({"django.db.backends.postgresql"})
 
 _Check = Callable[..., list[CheckMessage]]
 
@@ -94,8 +99,30 @@ def check_settings(app_configs: Iterable[Any] | None = None, **kwargs: Any) -> l
 
 
 @_never_raise
+def check_lag_promise(
+    app_configs: Iterable[Any] | None = None, **kwargs: Any
+) -> list[CheckMessage]:
+    """W004: probes come often enough to keep reads within MAX_LAG_SECONDS."""
+    config = _config()
+    if not config.health_checks or not config.replicas:
+        return []
+    if config.check_interval < config.max_lag_seconds:
+        return []
+    return [
+        Warning(
+            f"{SETTING_NAME}['CHECK_INTERVAL'] is {config.check_interval:g} s, not less than "
+            f"MAX_LAG_SECONDS ({config.max_lag_seconds:g} s): between two probes a replica "
+            "can fall further behind than MAX_LAG_SECONDS and still serve reads.",
+            hint="Probe more often than the lag you tolerate: make CHECK_INTERVAL a fraction "
+            "of MAX_LAG_SECONDS (the defaults are 1 s and 5 s).",
+            id="replica_router.W004",
+        )
+    ]
+
+
+@_never_raise
 def check_databases(app_configs: Iterable[Any] | None = None, **kwargs: Any) -> list[CheckMessage]:
-    """E001, E002, E007, W001, W002: the aliases the router uses, against DATABASES."""
+    """E001, E002, E007, W001, W002, W005: the aliases the router uses, against DATABASES."""
     config = _config()
     databases = _databases()
     messages: list[CheckMessage] = []
@@ -140,6 +167,17 @@ def check_databases(app_configs: Iterable[Any] | None = None, **kwargs: Any) -> 
                 )
             )
         engine = conf.get("ENGINE")
+        if alias != primary and engine in _DJANGO_POSTGRESQL_ENGINES:
+            messages.append(
+                Warning(
+                    f"The replica {alias!r} uses {engine!r}; a read routed to it while it "
+                    "is down fails instead of being served by another node.",
+                    hint=f"Set DATABASES[{alias!r}]['ENGINE'] to "
+                    f"{FAILOVER_ENGINE!r} (Django's backend plus read failover); "
+                    "replica_router.env.database_settings() does so.",
+                    id="replica_router.W005",
+                )
+            )
         if _is_postgresql(engine) is False:
             role = "primary" if alias == primary else "replica"
             messages.append(
@@ -247,6 +285,7 @@ def check_primary_only(
 
 ALL_CHECKS: Final[tuple[_Check, ...]] = (
     check_settings,
+    check_lag_promise,
     check_databases,
     check_router_installed,
     check_primary_only,

@@ -23,6 +23,7 @@ from replica_router.checks import (
     ALL_CHECKS,
     TAG,
     check_databases,
+    check_lag_promise,
     check_primary_only,
     check_router_installed,
     check_settings,
@@ -339,3 +340,28 @@ def test_test_apps_are_what_w003_expects():
     # Guards the tests above: they rely on these apps being installed.
     assert apps.is_installed("django.contrib.sessions")
     assert apps.is_installed("tests.testapp")
+
+
+def test_w004_probes_rarer_than_the_lag_promise():
+    with override_settings(
+        REPLICA_ROUTER={**GOOD_ROUTER, "CHECK_INTERVAL": 10, "MAX_LAG_SECONDS": 5}
+    ):
+        [warning] = only(check_lag_promise(None), "replica_router.W004")
+    assert "CHECK_INTERVAL" in warning.msg and "10 s" in warning.msg
+    assert warning.hint
+    with override_settings(
+        REPLICA_ROUTER={
+            **GOOD_ROUTER,
+            "CHECK_INTERVAL": 10,
+            "MAX_LAG_SECONDS": 5,
+            "HEALTH_CHECKS": False,
+        }
+    ):
+        assert check_lag_promise(None) == []
+
+
+def test_w005_replica_without_the_failover_engine():
+    with databases(replica_1={"ENGINE": "django.db.backends.postgresql"}):
+        [warning] = only(check_databases(None), "replica_router.W005")
+    assert "'replica_1'" in warning.msg
+    assert "replica_router.backends.postgresql" in warning.hint
