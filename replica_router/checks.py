@@ -20,6 +20,7 @@ from django.core.checks import CheckMessage, Error, Warning
 from django.utils.module_loading import import_string
 
 from replica_router.conf import SETTING_NAME, RouterConfig, parse_settings
+from replica_router.health import probe_gap
 
 __all__ = [
     "ALL_CHECKS",
@@ -93,7 +94,7 @@ def _did_you_mean(value: str, candidates: Iterable[str]) -> str:
 
 @_never_raise
 def check_settings(app_configs: Iterable[Any] | None = None, **kwargs: Any) -> list[CheckMessage]:
-    """E003, E004, E005, E008, E009: the REPLICA_ROUTER dict itself."""
+    """E003, E004, E005, E008, E009, E010: the REPLICA_ROUTER dict itself."""
     _, problems = parse_settings(getattr(settings, SETTING_NAME, {}))
     return [Error(p.message, hint=p.hint, id=p.id) for p in problems]
 
@@ -106,15 +107,17 @@ def check_lag_promise(
     config = _config()
     if not config.health_checks or not config.replicas:
         return []
-    if config.check_interval < config.max_lag_seconds:
+    gap = probe_gap(config)
+    if gap < config.max_lag_seconds:
         return []
     return [
         Warning(
-            f"{SETTING_NAME}['CHECK_INTERVAL'] is {config.check_interval:g} s, not less than "
+            f"{SETTING_NAME}['CHECK_INTERVAL'] + CHECK_TIMEOUT is {gap:g} s, not less than "
             f"MAX_LAG_SECONDS ({config.max_lag_seconds:g} s): between two probes a replica "
             "can fall further behind than MAX_LAG_SECONDS and still serve reads.",
-            hint="Probe more often than the lag you tolerate: make CHECK_INTERVAL a fraction "
-            "of MAX_LAG_SECONDS (the defaults are 1 s and 5 s).",
+            hint="Probe more often than the lag you tolerate: keep CHECK_INTERVAL + "
+            "CHECK_TIMEOUT a fraction of MAX_LAG_SECONDS (the defaults are 1 s, 0.5 s "
+            "and 5 s).",
             id="replica_router.W004",
         )
     ]

@@ -558,15 +558,15 @@ class Monitor:
         elif (
             lag_seconds is not None
             and lag_seconds > 0
-            and lag_seconds + config.check_interval > config.max_lag_seconds
+            and lag_seconds + probe_gap(config) > config.max_lag_seconds
         ):
-            # Lag grows at most one second per second, so a replica that could pass
-            # MAX_LAG_SECONDS before the next probe leaves rotation now: no read
-            # is ever served with more lag than MAX_LAG_SECONDS.
+            # Lag grows at most one second per second, and the next verdict is at
+            # most one probe gap away: a replica that could pass MAX_LAG_SECONDS
+            # by then leaves rotation now, so no read is served with more lag.
             verdict, reason = (
                 State.LAGGING,
                 f"{lag_seconds:.1f}s behind (MAX_LAG_SECONDS {config.max_lag_seconds:g}, "
-                f"less one CHECK_INTERVAL {config.check_interval:g})" + _paused_note(result),
+                f"less {probe_gap(config):g}s until the next probe)" + _paused_note(result),
             )
         else:
             verdict, reason = State.HEALTHY, "in rotation"
@@ -732,6 +732,12 @@ def _safe_settings(alias: str) -> Mapping[str, Any]:
         return _settings_of(alias)
     except Exception:  # settings not configured: a standalone monitor
         return {}
+
+
+def probe_gap(config: RouterConfig) -> float:
+    """The longest wait between two verdicts on a replica: the interval between
+    cycles plus the time a probe may take."""
+    return config.check_interval + config.check_timeout
 
 
 def _paused_note(result: Probe) -> str:
