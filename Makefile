@@ -9,20 +9,30 @@ CLUSTER_DIR ?= /tmp/replica-router-$(shell printf '%s' "$(CURDIR)" | cksum | cut
 CLUSTER := $(BIN)/python -m replica_router.testing.cluster
 REPLICAS ?= 2
 
+# The demo (sample_site/) has a cluster and a server of its own, apart from the
+# test cluster; DEMO_KEEP=0 removes them at the end of `make demo`.
+DEMO_DIR ?= /tmp/demo-cluster-$(shell printf '%s' "$(CURDIR)" | cksum | cut -d' ' -f1)
+DEMO_KEEP ?= 1
+DEMO := $(BIN)/python sample_site/demo.py --dir $(DEMO_DIR)
+SAMPLE_TEST_DIR ?= $(DEMO_DIR)-tests
+
 .PHONY: install test lint format test-matrix cluster-up cluster-down cluster-status docs bench clean
+.PHONY: demo demo-down serve seed test-sample
 
 install: $(VENV)/.installed
 
 $(VENV)/.installed: pyproject.toml
 	$(PYTHON) -m venv $(VENV)
 	$(BIN)/python -m pip install --quiet --upgrade pip
-	$(BIN)/python -m pip install --quiet -e '.[env]' --group dev --group docs --group bench
+	$(BIN)/python -m pip install --quiet -e '.[env]' --group dev --group docs --group bench --group demo
 	touch $@
 
-# Brings a cluster up (or reuses one from `make cluster-up`), runs pytest
-# against it, and removes the cluster it created. Exit status is pytest's.
+# The library's suite against a real cluster (brought up, or reused from
+# `make cluster-up`, and removed if created here), then the sample site's.
+# Exit status is pytest's: non-zero as soon as either run fails.
 test: install
 	$(CLUSTER) run --dir $(CLUSTER_DIR) --replicas $(REPLICAS) -- $(BIN)/pytest $(PYTEST_ARGS)
+	$(MAKE) test-sample
 
 lint: install
 	$(BIN)/ruff check .
@@ -53,6 +63,29 @@ docs: install
 # Benchmarks print their figures; each compares side by side in one process.
 bench: install
 	$(CLUSTER) run --dir $(CLUSTER_DIR) --replicas $(REPLICAS) -- $(BIN)/python bench/bench_router.py
+	$(CLUSTER) run --dir $(CLUSTER_DIR) --replicas $(REPLICAS) -- $(BIN)/python bench/bench_read_your_writes.py
+
+# Cluster, migrate, seed, gunicorn on 127.0.0.1, then a narrated tour; the site
+# keeps running until `make demo-down` (or DEMO_KEEP=0).
+demo: install
+	DEMO_KEEP=$(DEMO_KEEP) $(DEMO) up
+
+demo-down: install
+	$(DEMO) down
+
+# The site under runserver (DEBUG on) against the demo cluster, in the foreground.
+serve: install
+	$(DEMO) serve
+
+seed: install
+	$(DEMO) seed $(SEED_ARGS)
+
+# The sample site's tests (views, the /replicas/ page in headless Chromium, the
+# tour), on a cluster of their own. DATABASE_URL and REPLICA_URLS are unset so
+# that the site builds them from the cluster, with the demo's weights and pools.
+test-sample: install
+	$(CLUSTER) run --dir $(SAMPLE_TEST_DIR) --replicas 2 -- \
+		env -u DATABASE_URL -u REPLICA_URLS $(BIN)/pytest -c sample_site/pytest.ini sample_site/tests $(PYTEST_ARGS)
 
 clean: cluster-down
 	rm -rf $(VENV) .nox docs/_build

@@ -339,6 +339,8 @@ class _Tracker:
     next_probe_at: float = 0.0
     last_error: str | None = None
     status: NodeStatus | None = None
+    #: When a cycle that found the replica caught up started (monotonic).
+    caught_up_at: float | None = None
 
 
 class Monitor:
@@ -449,7 +451,7 @@ class Monitor:
                 self._update_primary(primary_probe, changes)
             for alias in self.config.replicas:
                 if alias in probes:
-                    self._update_replica(alias, probes[alias], primary_probe, changes)
+                    self._update_replica(alias, probes[alias], primary_probe, changes, now)
                 elif not self._probeable(alias):
                     self._set_state(
                         self._trackers[alias],
@@ -521,6 +523,7 @@ class Monitor:
         result: Probe,
         primary: Probe | None,
         changes: list[tuple[str, State, State, str]],
+        cycle_started: float,
     ) -> None:
         config = self.config
         tracker = self._trackers[alias]
@@ -532,6 +535,13 @@ class Monitor:
             if primary_ok and primary is not None and primary.current_lsn is not None:
                 lag_bytes = max(0, primary.current_lsn - (result.replay_lsn or 0))
             lag_seconds = _lag_seconds(result, primary if primary_ok else None, alias)
+            if lag_seconds == 0.0:
+                tracker.caught_up_at = cycle_started
+            elif lag_seconds is not None and tracker.caught_up_at is not None:
+                # It was caught up when an earlier cycle started, so it lacks
+                # nothing older than that. After a quiet spell this is far
+                # tighter than the age of the last transaction it replayed.
+                lag_seconds = min(lag_seconds, time.monotonic() - tracker.caught_up_at)
 
         if not result.ok:
             verdict, reason = State.DOWN, result.error or "unreachable"

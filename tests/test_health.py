@@ -371,3 +371,28 @@ def test_a_down_replica_is_probed_with_backoff(replica_cluster: Cluster):
     # intervals, so far less often.
     assert probed.count("default") >= 10
     assert probed.count("replica_1") * 2 < probed.count("default")
+
+
+@db
+def test_a_slightly_delayed_replica_after_a_quiet_spell_is_not_ejected(
+    monitor_with, delay_replica, replica_cluster: Cluster
+):
+    """After 3 s without writes, the first commit a replica applies 0.3 s late
+    must not count as 3 s of lag (the age of the last transaction it replayed)."""
+    monitor = monitor_with(MAX_LAG_SECONDS=2.0)
+    replica_cluster.wait_replayed()
+    delay_replica("replica_1", 0.3)
+    quiet_until = time.monotonic() + 3
+    while time.monotonic() < quiet_until:
+        assert node("replica_1").in_rotation
+        time.sleep(0.05)
+    cycles = monitor.cycles
+    AuthorFactory()
+    watched_until = time.monotonic() + 1.5
+    seen = []
+    while time.monotonic() < watched_until:
+        seen.append((node("replica_1").in_rotation, node("replica_1").lag_seconds))
+        time.sleep(0.02)
+    assert monitor.cycles - cycles >= 3  # the delayed commit was probed several times
+    assert all(in_rotation for in_rotation, _ in seen), seen
+    assert max(lag for _, lag in seen) < 2.0
