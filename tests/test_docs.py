@@ -76,3 +76,22 @@ def test_every_state_and_signal_is_documented():
     assert all(f"| `{state}` |" in HEALTH for state in State)
     assert signals.__all__
     assert all(f"`{name}`" in HEALTH for name in signals.__all__)
+
+
+def test_every_documented_default_is_the_codes_default():
+    """The reference must not drift from conf.DEFAULTS when a default changes."""
+    import ast
+
+    text = (ROOT / "docs" / "settings.md").read_text()
+    sections = re.split(r"^### `([A-Z_]+)`$", text, flags=re.MULTILINE)[1:]
+    documented = {}
+    for name, body in zip(sections[::2], sections[1::2], strict=True):
+        match = re.search(r"\*\*Default:\*\* `([^`]*)`", body)
+        assert match, f"{name} has no **Default:** line"
+        documented[name] = ast.literal_eval(match.group(1))
+    code = {
+        name: dict(value) if hasattr(value, "items") else value
+        for name, value in DEFAULTS.items()
+    }
+    code = {name: list(v) if isinstance(v, tuple) else v for name, v in code.items()}
+    assert documented == code
