@@ -549,8 +549,15 @@ class Cluster:
     # -- faults --------------------------------------------------------------
 
     def pause(self, name: str) -> None:
-        """Pause WAL replay: the replica keeps receiving WAL but its data stops moving."""
+        """Pause WAL replay: the replica keeps receiving WAL but its data stops moving.
+
+        It first lets the replica replay what the primary has written so far:
+        paused in the middle of a replayed TRUNCATE or DDL, a standby would hold
+        that transaction's exclusive lock, and every query on the table would
+        wait for as long as replay stays paused.
+        """
         self._require_replica(name)
+        self.wait_replayed([name])
         self.query(name, "SELECT pg_wal_replay_pause()")
 
     def resume(self, name: str) -> None:
