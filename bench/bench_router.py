@@ -7,10 +7,14 @@ probes the real primary and replicas in its thread while the routers are timed,
 so the figures are those of the hot path with health enabled. The three replica
 aliases point at the cluster's replicas (two servers).
 
+Ours is timed twice, without and with metrics (``METRICS``, which needs the
+``metrics`` extra): the only difference between the two is whether the router
+has its counters, so the gap is what counting costs per read.
+
 It also prints the monitor's cost: CPU time per probe cycle with 2 replicas.
 
-Both routers run in one process, in interleaved rounds, so that drift in CPU
-frequency or load hits both alike. Each round times NUMBER calls; the report gives
+The routers run in one process, in interleaved rounds, so that drift in CPU
+frequency or load hits them alike. Each round times NUMBER calls; the report gives
 the best and the median round in ns per call, and ours / theirs.
 """
 
@@ -61,8 +65,9 @@ def _setup() -> Cluster:
         },
         INSTALLED_APPS=["django.contrib.contenttypes", "django.contrib.auth"],
         DATABASE_ROUTERS=["replica_router.ReplicaRouter"],
-        # ours: equal weights, like multidb's round-robin
-        REPLICA_ROUTER={"REPLICAS": REPLICAS},
+        # ours: equal weights, like multidb's round-robin; metrics on (timed
+        # both ways below)
+        REPLICA_ROUTER={"REPLICAS": REPLICAS, "METRICS": True},
         # django-multidb-router's setting
         REPLICA_DATABASES=REPLICAS,
         USE_TZ=True,
@@ -89,7 +94,7 @@ def main() -> None:
     from replica_router import ReplicaRouter, use_primary
     from replica_router.conf import parse_settings
     from replica_router.health import Monitor
-    from replica_router.router import get_monitor
+    from replica_router.router import _current_routing, get_counters, get_monitor
 
     ours = ReplicaRouter()
     theirs = PinningReplicaRouter()
@@ -111,47 +116,85 @@ def main() -> None:
     def theirs_common() -> object:
         return theirs_read(User)
 
-    results: dict[str, list[float]] = {"ours": [], "multidb": []}
+    # With METRICS off the router has no counters: taking them away and giving
+    # them back between rounds times both cases on the same routing state.
+    routing = _current_routing()
+    counters = get_counters()
+    assert counters is not None, "METRICS is on"
+
+    def ours_timed(metrics: bool) -> float:
+        routing.counters = counters if metrics else None
+        return _per_call_ns(ours_common, args.number)
+
+    def replica_reads() -> int:
+        from prometheus_client import REGISTRY
+
+        return sum(
+            REGISTRY.get_sample_value(
+                "replica_router_reads_total", {"alias": alias, "reason": "replica"}
+            )
+            or 0
+            for alias in REPLICAS
+        )
+
+    counted_before = replica_reads()
+    results: dict[str, list[float]] = {"ours": [], "metrics": [], "multidb": []}
     for _ in range(args.rounds):
-        results["ours"].append(_per_call_ns(ours_common, args.number))
+        results["ours"].append(ours_timed(False))
+        results["metrics"].append(ours_timed(True))
         results["multidb"].append(_per_call_ns(theirs_common, args.number))
+    counted = replica_reads() - counted_before
+    # timeit runs the function NUMBER times per round; metrics must see each.
+    assert counted == args.rounds * args.number, (counted, args.rounds * args.number)
 
     # The pinned path: every read goes to the primary under use_primary().
-    pinned: list[float] = []
+    pinned: dict[bool, list[float]] = {False: [], True: []}
     with use_primary():
         assert ours.db_for_read(User) == "default"
         for _ in range(args.rounds):
-            pinned.append(_per_call_ns(ours_common, args.number))
+            for metrics in (False, True):
+                pinned[metrics].append(ours_timed(metrics))
 
     # The in-transaction path. Setting in_atomic_block on the connection wrapper
     # is what atomic() does after it has opened a transaction; doing it by hand
     # lets the bench measure the routing decision without connecting.
     primary = connections["default"]
-    in_transaction: list[float] = []
+    in_transaction: dict[bool, list[float]] = {False: [], True: []}
     primary.in_atomic_block = True
     try:
         assert ours.db_for_read(User) == "default"
         for _ in range(args.rounds):
-            in_transaction.append(_per_call_ns(ours_common, args.number))
+            for metrics in (False, True):
+                in_transaction[metrics].append(ours_timed(metrics))
     finally:
         primary.in_atomic_block = False
+        routing.counters = counters
 
     print(
         f"db_for_read, ns per call ({args.rounds} rounds x {args.number:,} calls, "
         f"Python {sys.version.split()[0]}, Django {django.get_version()})"
     )
-    print(f"{'':34} {'best':>8} {'median':>8}")
+    print(f"{'':42} {'best':>8} {'median':>8}")
     rows = [
         ("multidb PinningReplicaRouter", results["multidb"]),
         ("ReplicaRouter (3 replicas)", results["ours"]),
-        ("ReplicaRouter under use_primary", pinned),
-        ("ReplicaRouter inside atomic()", in_transaction),
+        ("ReplicaRouter (3 replicas) + metrics", results["metrics"]),
+        ("ReplicaRouter under use_primary", pinned[False]),
+        ("ReplicaRouter under use_primary + metrics", pinned[True]),
+        ("ReplicaRouter inside atomic()", in_transaction[False]),
+        ("ReplicaRouter inside atomic() + metrics", in_transaction[True]),
     ]
     for name, timings in rows:
-        print(f"{name:34} {min(timings):8.1f} {statistics.median(timings):8.1f}")
-    best_ratio = min(results["ours"]) / min(results["multidb"])
-    median_ratio = statistics.median(results["ours"]) / statistics.median(results["multidb"])
-    print(f"ratio ours/multidb: best {best_ratio:.2f}, median {median_ratio:.2f}")
+        print(f"{name:42} {min(timings):8.1f} {statistics.median(timings):8.1f}")
+    for label, ours_timings in (("ours", results["ours"]), ("ours + metrics", results["metrics"])):
+        best_ratio = min(ours_timings) / min(results["multidb"])
+        median_ratio = statistics.median(ours_timings) / statistics.median(results["multidb"])
+        print(f"ratio {label}/multidb: best {best_ratio:.2f}, median {median_ratio:.2f}")
+    extra = statistics.median(results["metrics"]) - statistics.median(results["ours"])
+    print(
+        f"metrics cost {extra:+.1f} ns per read (medians); they counted all "
+        f"{counted:,} reads timed with metrics on"
+    )
     print(f"(health monitor on: {monitor.cycles} probe cycles ran in the background meanwhile)")
 
     # The monitor's own cost, measured alone: the router's monitor is stopped.

@@ -15,6 +15,8 @@ class ReplicaRouterConfig(AppConfig):
         from django.db.backends.signals import connection_created
 
         from replica_router import checks as router_checks
+        from replica_router.conf import get_config
+        from replica_router.exceptions import ReplicaRouterConfigError
         from replica_router.pinning import install_write_detector
 
         for check in router_checks.ALL_CHECKS:
@@ -25,3 +27,12 @@ class ReplicaRouterConfig(AppConfig):
         )
         for connection in connections.all(initialized_only=True):
             install_write_detector(connection)
+        # With METRICS on, the metrics exist from startup, not from the first query.
+        try:
+            metrics_on = get_config().metrics
+        except ReplicaRouterConfigError:  # the system checks report it
+            metrics_on = False
+        if metrics_on:
+            from replica_router.metrics import register
+
+            register()

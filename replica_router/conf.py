@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import difflib
 import functools
+import importlib.util
 import math
 import re
 from collections.abc import Callable, Mapping
@@ -38,6 +39,7 @@ __all__ = [
     "RouterConfig",
     "get_config",
     "parse_settings",
+    "prometheus_installed",
 ]
 
 SETTING_NAME: Final = "REPLICA_ROUTER"
@@ -57,6 +59,7 @@ DEFAULTS: Final[Mapping[str, object]] = MappingProxyType(
         "READ_YOUR_WRITES": "lsn",
         "PIN_SECONDS": 5.0,
         "COOKIE_NAME": "replica_router",
+        "METRICS": "auto",
     }
 )
 
@@ -97,6 +100,9 @@ class RouterConfig:
     read_your_writes: ReadYourWrites
     pin_seconds: float
     cookie_name: str
+    #: Whether to count for Prometheus; ``"auto"`` is resolved to whether
+    #: prometheus-client is installed.
+    metrics: bool
 
 
 class ConfigProblem(NamedTuple):
@@ -214,11 +220,37 @@ def _parse_primary_only(name: str, value: object) -> frozenset[str]:
     return frozenset(entries)
 
 
+def prometheus_installed() -> bool:
+    """Whether prometheus-client (the ``metrics`` extra) can be imported."""
+    try:
+        return importlib.util.find_spec("prometheus_client") is not None
+    except (ImportError, ValueError):
+        return False
+
+
+def _parse_metrics(name: str, value: object) -> bool:
+    if isinstance(value, str) and value == "auto":
+        return prometheus_installed()
+    if not isinstance(value, bool):
+        raise _bad_value(name, value, "True, False or 'auto'")
+    if value and not prometheus_installed():
+        raise _Invalid(
+            ConfigProblem(
+                "replica_router.E010",
+                f"{_key(name)} is True, but prometheus-client is not installed.",
+                "Install the metrics extra: pip install 'django-replica-router[metrics]'; "
+                f"or set {_key(name)} to 'auto' (on when it is installed) or False.",
+            )
+        )
+    return value
+
+
 _PARSERS: Final[Mapping[str, Callable[[str, object], object]]] = MappingProxyType(
     {
         "PRIMARY": _parse_alias,
         "PRIMARY_ONLY": _parse_primary_only,
         "COOKIE_NAME": _parse_cookie_name,
+        "METRICS": _parse_metrics,
     }
 )
 

@@ -28,7 +28,7 @@ import logging
 import math
 from collections.abc import Awaitable, Callable
 from datetime import timedelta
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from asgiref.sync import iscoroutinefunction, markcoroutinefunction, sync_to_async
 from django.core import signing
@@ -42,6 +42,9 @@ from replica_router.pinning import (
     parse_lsn,
     primary_insert_lsn,
 )
+
+if TYPE_CHECKING:
+    from replica_router.metrics import Counters
 
 __all__ = ["PrimaryPinningMiddleware"]
 
@@ -133,7 +136,12 @@ class PrimaryPinningMiddleware:
         return response
 
     def _begin(self, request: HttpRequest, config: RouterConfig) -> CausalState:
-        return read_cookie(request.COOKIES.get(config.cookie_name), config) or CausalState()
+        state = read_cookie(request.COOKIES.get(config.cookie_name), config)
+        if state is None:
+            return CausalState()
+        if config.metrics and (counters := _counters()) is not None:
+            counters.pin_honoured()
+        return state
 
     def _finish(
         self,
@@ -154,8 +162,16 @@ class PrimaryPinningMiddleware:
                 samesite="Lax",
                 secure=request.is_secure(),
             )
+            if config.metrics and (counters := _counters()) is not None:
+                counters.pin_set()
         elif state.token is not None and name in request.COOKIES and _all_replayed(state):
             response.delete_cookie(name, samesite="Lax")
+
+
+def _counters() -> Counters | None:
+    from replica_router.router import get_counters
+
+    return get_counters()
 
 
 def _all_replayed(state: CausalState) -> bool:

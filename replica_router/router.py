@@ -27,7 +27,9 @@ if TYPE_CHECKING:
     from django.db.backends.base.base import BaseDatabaseWrapper
     from django.db.models import Model
 
-__all__ = ["ReplicaRouter", "alternative_for", "get_balancer", "get_monitor"]
+    from replica_router.metrics import Counters
+
+__all__ = ["ReplicaRouter", "alternative_for", "get_balancer", "get_counters", "get_monitor"]
 
 logger = logging.getLogger("replica_router")
 
@@ -39,6 +41,7 @@ class _Routing:
         "aliases",
         "balancer",
         "config",
+        "counters",
         "local",
         "monitor",
         "monitoring",
@@ -65,6 +68,13 @@ class _Routing:
         )
         self.monitoring = self.monitor is None
         self.read_your_writes = config.read_your_writes != "off"
+        # None unless METRICS is on, so that without metrics counting costs
+        # nothing; metrics.py is imported only when it is on.
+        self.counters: Counters | None = None
+        if config.metrics:
+            from replica_router.metrics import counters_for
+
+            self.counters = counters_for(config)
         # model class -> True if its reads must go to the primary. Filled lazily;
         # a racing double fill writes the same value.
         self.primary_only: dict[type[Model], bool] = {}
@@ -241,7 +251,12 @@ def alternative_for(alias: str) -> str:
 def get_monitor() -> Monitor | None:
     """The health monitor of the current settings (None with HEALTH_CHECKS off
     or no replicas). It may not be started yet."""
-    return _current_routing().monitor
+    return (_routing or _current_routing()).monitor
+
+
+def get_counters() -> Counters | None:
+    """The metrics counters of the current settings (None with METRICS off)."""
+    return (_routing or _current_routing()).counters
 
 
 def get_balancer() -> Balancer:
@@ -249,7 +264,7 @@ def get_balancer() -> Balancer:
 
     Ask again rather than keeping it: a change of settings replaces it.
     """
-    return _current_routing().balancer
+    return (_routing or _current_routing()).balancer
 
 
 class ReplicaRouter:
@@ -263,12 +278,17 @@ class ReplicaRouter:
 
     def db_for_read(self, model: type[Model], **hints: Any) -> str:
         routing = _routing or _current_routing()
+        counters = routing.counters  # None with METRICS off: then nothing is counted
         if _forced.get():
+            if counters is not None:
+                counters.use_primary()
             return routing.primary
         primary_only = routing.primary_only.get(model)
         if primary_only is None:
             primary_only = routing.is_primary_only(model)
         if primary_only:
+            if counters is not None:
+                counters.primary_only()
             return routing.primary
         # Inside atomic() on the primary a read must see the transaction's own
         # writes. Inlined rather than a helper: this runs on every read.
@@ -282,22 +302,40 @@ class ReplicaRouter:
             # so the per-thread cache would be wrong; ask Django.
             wrapper = connections[routing.primary]
         if wrapper.in_atomic_block:
+            if counters is not None:
+                counters.transaction()
             return routing.primary
         if not routing.monitoring and not routing.start_monitor():
+            if counters is not None:
+                counters.read(routing.primary, "migrate")
             return routing.primary
         state = _causal.get()
         if state is not None and routing.read_your_writes:
             if state.wrote or state.pinned:
+                if counters is not None:
+                    counters.pinned()
                 return routing.primary
             if state.token is not None:
-                return routing.replica_with(state)
+                caught_up = routing.replica_with(state)
+                if counters is not None:
+                    reason = "pinned" if caught_up == routing.primary else "replica"
+                    counters.read(caught_up, reason)
+                return caught_up
         alias = routing.balancer.pick()
-        if alias is None:
-            return routing.no_replica()
-        return alias
+        if alias is not None:
+            if counters is not None:
+                counters.replica[alias]()
+            return alias
+        fallback = routing.no_replica()
+        if counters is not None:
+            counters.read(fallback, "fallback" if routing.replicas else "no_replicas")
+        return fallback
 
     def db_for_write(self, model: type[Model], **hints: Any) -> str:
-        return (_routing or _current_routing()).primary
+        routing = _routing or _current_routing()
+        if routing.counters is not None:
+            routing.counters.write()
+        return routing.primary
 
     def allow_relation(self, obj1: Model, obj2: Model, **hints: Any) -> bool | None:
         aliases = (_routing or _current_routing()).aliases

@@ -1,26 +1,32 @@
-"""A JSON health view for load balancers and dashboards.
+"""Views for load balancers, dashboards and Prometheus.
 
-Wire it in your URLconf::
+Wire them in your URLconf::
 
-    from replica_router.views import replica_health
+    from replica_router.views import metrics, replica_health
 
-    urlpatterns = [path("health/replicas/", replica_health)]
+    urlpatterns = [
+        path("health/replicas/", replica_health),
+        path("metrics", metrics),
+    ]
 
-It serves what this process's health monitor last published; it never opens a
-database connection itself. See docs/health.md for the schema.
+Neither opens a database connection: ``replica_health`` serves what this
+process's health monitor last published (docs/health.md gives the schema), and
+``metrics`` serves prometheus-client's default registry (docs/metrics.md).
 """
 
 from __future__ import annotations
 
 from typing import Any
 
-from django.http import HttpRequest, JsonResponse
+from django.core.exceptions import ImproperlyConfigured
+from django.http import HttpRequest, HttpResponse, JsonResponse
 from django.views.decorators.http import require_safe
 
+from replica_router.conf import get_config
 from replica_router.report import health_document
 from replica_router.router import get_monitor
 
-__all__ = ["replica_health"]
+__all__ = ["metrics", "replica_health"]
 
 
 @require_safe
@@ -56,3 +62,27 @@ def _is_staff(request: HttpRequest) -> bool:
     # Sites without AuthenticationMiddleware have no request.user: anonymous.
     user = getattr(request, "user", None)
     return bool(getattr(user, "is_staff", False))
+
+
+@require_safe
+def metrics(request: HttpRequest) -> HttpResponse:
+    """This process's Prometheus metrics, in the text exposition format.
+
+    It serves prometheus-client's default registry: the ``replica_router_*``
+    metrics (with ``METRICS`` on) and whatever else is registered there. It
+    needs the ``metrics`` extra and raises ImproperlyConfigured without it.
+    """
+    try:
+        from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
+    except ImportError:
+        raise ImproperlyConfigured(
+            "replica_router.views.metrics needs prometheus-client: "
+            "pip install 'django-replica-router[metrics]'."
+        ) from None
+    if get_config().metrics:
+        from replica_router.metrics import register
+
+        register()  # so that a scrape before the first query sees them too
+    response = HttpResponse(generate_latest(), content_type=CONTENT_TYPE_LATEST)
+    response["Cache-Control"] = "no-store"
+    return response

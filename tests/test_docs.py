@@ -90,8 +90,7 @@ def test_every_documented_default_is_the_codes_default():
         assert match, f"{name} has no **Default:** line"
         documented[name] = ast.literal_eval(match.group(1))
     code = {
-        name: dict(value) if hasattr(value, "items") else value
-        for name, value in DEFAULTS.items()
+        name: dict(value) if hasattr(value, "items") else value for name, value in DEFAULTS.items()
     }
     code = {name: list(v) if isinstance(v, tuple) else v for name, v in code.items()}
     assert documented == code

@@ -266,8 +266,9 @@ def test_an_idle_primary_makes_no_replica_lag(monitor_with, replica_cluster: Clu
     for snapshot in snapshots:
         for replica in snapshot.replicas:
             assert replica.state is State.HEALTHY, (replica.alias, replica.reason)
-            assert replica.lag_seconds == 0.0
-            assert replica.lag_bytes == 0
+            # Not the seconds since the last transaction (up to 10 here): at most
+            # a background WAL record (a checkpoint, say) in flight.
+            assert replica.lag_seconds < 0.5, (replica.alias, replica.lag_seconds)
 
 
 @db

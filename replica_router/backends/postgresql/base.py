@@ -32,7 +32,10 @@ from django.db import OperationalError
 from django.db.backends.postgresql import base
 from django.dispatch import receiver
 
+from replica_router.conf import get_config
+from replica_router.health import State
 from replica_router.pinning import is_write
+from replica_router.router import alternative_for, get_counters, get_monitor
 from replica_router.signals import replica_state_changed
 
 __all__ = ["DatabaseWrapper"]
@@ -85,8 +88,6 @@ class DatabaseWrapper(base.DatabaseWrapper):
         A stand-in that fails too is taken out of rotation and the next one is
         tried; the primary comes last.
         """
-        from replica_router.router import alternative_for
-
         tried = {self.alias}
         last_error = error
         primary = _primary()
@@ -106,6 +107,7 @@ class DatabaseWrapper(base.DatabaseWrapper):
                 continue
             self.borrowed_from = alternative
             logger.info("replica_router: %s unavailable, reading from %s", self.alias, alternative)
+            _count_failover(self.alias, alternative)
             return connection
         if last_error is None:
             last_error = psycopg.OperationalError(f"no node can stand in for {self.alias}")
@@ -179,8 +181,6 @@ class DatabaseWrapper(base.DatabaseWrapper):
 
 
 def _is_replica(alias: str) -> bool:
-    from replica_router.conf import get_config
-
     try:
         return alias in get_config().replicas
     except Exception:
@@ -188,15 +188,10 @@ def _is_replica(alias: str) -> bool:
 
 
 def _primary() -> str:
-    from replica_router.conf import get_config
-
     return get_config().primary
 
 
 def _known_down(alias: str) -> bool:
-    from replica_router.health import State
-    from replica_router.router import get_monitor
-
     monitor = get_monitor()
     if monitor is None:
         return False
@@ -227,9 +222,13 @@ def _drop_pool_of_down_replica(*, alias: str, new_state: str, **kwargs: Any) -> 
         _drop_pool(alias)
 
 
-def _report_failure(alias: str, exc: BaseException) -> None:
-    from replica_router.router import get_monitor
+def _count_failover(from_alias: str, to_alias: str) -> None:
+    counters = get_counters()
+    if counters is not None:
+        counters.failover(from_alias, to_alias)
 
+
+def _report_failure(alias: str, exc: BaseException) -> None:
     monitor = get_monitor()
     if monitor is not None:
         monitor.report_failure(alias, exc)

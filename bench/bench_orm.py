@@ -1,0 +1,308 @@
+"""One pooled ORM read, end to end: ReplicaRouter against django-multidb-router and no router.
+
+Run it against the local cluster, as ``make bench`` does for bench_router.py::
+
+    REPLICA_ROUTER_CLUSTER_DIR=/tmp/... python bench/bench_orm.py
+
+The read is ``Author.objects.get(pk=...)`` (tests.testapp; the bench migrates
+the cluster's ``app`` database). Every alias has Django's native psycopg pool.
+The set-ups:
+
+single database
+    no router; the read goes to ``default`` (the primary) through Django's own
+    engine: the baseline. It is timed twice, as two set-ups that do the same
+    thing: the gap between the two is the noise floor of the measurement.
+replicas by .using()
+    no router either; ``.using()`` names the two replicas in turn: the same
+    servers as the routers below, without routing.
+failover engine by .using()
+    the same, through our aliases: the failover engine
+    (``replica_router.backends.postgresql``) and the app's hook, no router.
+multidb
+    django-multidb-router's ``PinningReplicaRouter`` over the two replicas,
+    Django's own engine: what a multidb user runs.
+ReplicaRouter
+    ours over the same two replicas, as docs/ recommend: the failover engine,
+    the health monitor probing every second, metrics on (when prometheus-client
+    is installed), and the app's ``connection_created`` hook (read-your-writes'
+    write detector) on its aliases. Its gap to "failover engine by .using()"
+    is the router's own. (The hook is connected for the whole run, behind a
+    test of the alias, rather than connected and disconnected between reads:
+    doing that slowed the read that followed by a few µs.)
+
+Two shapes of read:
+
+per request
+    the read, then what Django does when a request ends
+    (``close_if_unusable_or_obsolete()`` on each of the site's aliases): the
+    connection goes back to its pool, and the next read takes one out again
+    (the pool checks it with an empty query first, as Django configures it).
+held connection
+    reads on a connection kept from one read to the next.
+
+The set-ups take turns read by read, in a shuffled order, so that drift
+in CPU frequency or load hits them alike; each read is timed on its own, in
+wall time and in CPU time of the reading thread (the client's share: Django,
+the router, psycopg; not the servers, not the monitor's thread). The report
+gives medians over every read. The PostgreSQL servers run on this machine
+(127.0.0.1) and compete with the client for its cores. The routing decision
+alone, as the ORM asks for it, is timed last and set against a read.
+"""
+
+from __future__ import annotations
+
+import argparse
+import itertools
+import os
+import platform
+import random
+import statistics
+import sys
+import time
+import timeit
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import django
+from django.conf import settings
+
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+
+from replica_router.testing.cluster import PRIMARY, Cluster  # noqa: E402
+
+OURS_PRIMARY = "ours_primary"
+OURS_REPLICAS = ["ours_replica_1", "ours_replica_2"]
+PLAIN_REPLICAS = ["replica_1", "replica_2"]
+POOL = {"min_size": 1, "max_size": 4, "timeout": 2}
+SHAPES = {"request": "per request", "held": "held connection"}
+
+
+def _setup() -> Cluster:
+    cluster_dir = os.environ.get("REPLICA_ROUTER_CLUSTER_DIR")
+    if not cluster_dir:
+        sys.exit("Set REPLICA_ROUTER_CLUSTER_DIR to a running cluster (make cluster-up).")
+    cluster = Cluster(cluster_dir)
+    nodes = cluster.replicas
+
+    def database(node: str, engine: str) -> dict[str, object]:
+        return {
+            "ENGINE": engine,
+            "NAME": "app",
+            "USER": "postgres",
+            "HOST": "127.0.0.1",
+            "PORT": cluster.port(node),
+            "CONN_MAX_AGE": 0,  # with a pool, Django wants 0
+            "OPTIONS": {"pool": POOL},
+        }
+
+    plain, ours = "django.db.backends.postgresql", "replica_router.backends.postgresql"
+    databases = {"default": database(PRIMARY, plain)}
+    for i, alias in enumerate(PLAIN_REPLICAS):
+        databases[alias] = database(nodes[i % len(nodes)], plain)
+    databases[OURS_PRIMARY] = database(PRIMARY, ours)
+    for i, alias in enumerate(OURS_REPLICAS):
+        databases[alias] = database(nodes[i % len(nodes)], ours)
+    settings.configure(
+        DATABASES=databases,
+        # Not "replica_router": its app hook is connected for our set-up only.
+        INSTALLED_APPS=["tests.testapp"],
+        DATABASE_ROUTERS=[],  # chosen per set-up
+        REPLICA_ROUTER={"PRIMARY": OURS_PRIMARY, "REPLICAS": OURS_REPLICAS},
+        REPLICA_DATABASES=PLAIN_REPLICAS,  # django-multidb-router's setting
+        DEFAULT_AUTO_FIELD="django.db.models.BigAutoField",
+        USE_TZ=True,
+    )
+    django.setup()
+    return cluster
+
+
+@dataclass
+class Setup:
+    name: str
+    routers: list[object]
+    #: The site's aliases: those Django looks at when a request ends.
+    aliases: Sequence[str]
+    read: Callable[[], object]
+    #: Where its reads must be served.
+    serves: set[str]
+    #: shape -> wall µs of each read; shape -> thread CPU µs of each read
+    wall: dict[str, list[float]] = field(default_factory=lambda: {s: [] for s in SHAPES})
+    cpu: dict[str, list[float]] = field(default_factory=lambda: {s: [] for s in SHAPES})
+
+
+def _versus(setup: Setup, reference: Setup, shape: str) -> str:
+    """How much slower ``setup``'s median read is than ``reference``'s, wall and CPU."""
+    wall = statistics.median(setup.wall[shape]) / statistics.median(reference.wall[shape])
+    cpu = statistics.median(setup.cpu[shape]) / statistics.median(reference.cpu[shape])
+    return f"wall {wall - 1:+.2%}, CPU {cpu - 1:+.2%}"
+
+
+def _cpu_model() -> str:
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                return line.split(":", 1)[1].strip()
+    except OSError:
+        pass
+    return platform.processor() or platform.machine()
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--reads", type=int, default=4000, help="reads per set-up and shape")
+    args = parser.parse_args()
+
+    cluster = _setup()
+    import psycopg
+    import psycopg_pool
+    from django.core.management import call_command
+    from django.db import connections
+    from django.db import router as django_router
+    from django.db.backends.signals import connection_created
+    from multidb import PinningReplicaRouter
+
+    from replica_router import ReplicaRouter
+    from replica_router.conf import get_config
+    from replica_router.pinning import install_write_detector
+    from replica_router.router import get_monitor
+    from tests.testapp.models import Author
+
+    call_command("migrate", "testapp", database="default", verbosity=0)
+    pk = Author.objects.using("default").create(name="bench").pk
+    cluster.wait_replayed()
+
+    def get() -> Author:
+        return Author.objects.get(pk=pk)
+
+    replicas = itertools.cycle(PLAIN_REPLICAS)
+
+    def get_using() -> Author:
+        return Author.objects.using(next(replicas)).get(pk=pk)
+
+    our_replicas = itertools.cycle(OURS_REPLICAS)
+
+    def get_ours_using() -> Author:
+        return Author.objects.using(next(our_replicas)).get(pk=pk)
+
+    site, our_site = ["default", *PLAIN_REPLICAS], [OURS_PRIMARY, *OURS_REPLICAS]
+    setups = [
+        Setup("single database (no router)", [], ["default"], get, {"default"}),
+        Setup("single database, again", [], ["default"], get, {"default"}),
+        Setup("replicas by .using() (no router)", [], site, get_using, set(PLAIN_REPLICAS)),
+        Setup("failover engine by .using()", [], our_site, get_ours_using, set(OURS_REPLICAS)),
+        Setup(
+            "multidb PinningReplicaRouter", [PinningReplicaRouter()], site, get, set(PLAIN_REPLICAS)
+        ),
+        Setup("ReplicaRouter", [ReplicaRouter()], our_site, get, set(OURS_REPLICAS)),
+    ]
+    baseline, again, using, engine, multidb, ours = setups
+
+    def use(setup: Setup) -> None:
+        django_router.routers = setup.routers
+
+    ours_aliases = frozenset(ours.aliases)
+
+    def app_hook(sender: object, connection: Any, **kwargs: Any) -> None:
+        if connection.alias in ours_aliases:
+            install_write_detector(connection, **kwargs)
+
+    connection_created.connect(app_hook, weak=False)
+
+    def read_once(setup: Setup, shape: str) -> tuple[int, int, object]:
+        closing = [connections[alias] for alias in setup.aliases] if shape == "request" else []
+        read = setup.read
+        cpu, wall = time.thread_time_ns(), time.perf_counter_ns()
+        result = read()
+        for connection in closing:  # what request_finished does
+            connection.close_if_unusable_or_obsolete()
+        return time.perf_counter_ns() - wall, time.thread_time_ns() - cpu, result
+
+    # Warm up every pool and the monitor, and check where each set-up reads.
+    for setup in setups:
+        use(setup)
+        for shape in SHAPES:
+            served = {read_once(setup, shape)[2]._state.db for _ in range(50)}  # type: ignore[attr-defined]
+            assert served == setup.serves, (setup.name, served)
+    monitor = get_monitor()
+    assert monitor is not None and monitor.running
+    assert all(node.in_rotation for node in monitor.snapshot.replicas), monitor.snapshot
+    cycles = monitor.cycles
+
+    # A read right after a read by the same set-up runs warmer (same pool, same
+    # server, same code): a shuffled order gives every set-up every predecessor alike.
+    rng = random.Random(8)
+    order = list(setups)
+    for shape in SHAPES:
+        for _ in range(args.reads):
+            rng.shuffle(order)
+            for setup in order:
+                use(setup)
+                wall, cpu, _ = read_once(setup, shape)
+                setup.wall[shape].append(wall / 1000)
+                setup.cpu[shape].append(cpu / 1000)
+        for alias in connections:
+            connections[alias].close()
+    cycles = monitor.cycles - cycles
+
+    # The routing decision alone, through Django's ConnectionRouter as the ORM asks.
+    decision: dict[str, float] = {}
+    for setup in (baseline, multidb, ours):
+        use(setup)
+        timer = timeit.Timer(lambda: django_router.db_for_read(Author))
+        decision[setup.name] = min(timer.repeat(repeat=5, number=100_000)) / 100_000 * 1e6
+    use(baseline)
+
+    with connections["default"].cursor() as cursor:
+        cursor.execute("SHOW server_version")
+        (pg_version,) = cursor.fetchone()
+    usable = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else "?"
+    print(
+        f"machine: {_cpu_model()}, {os.cpu_count()} cores ({usable} usable), "
+        f"{platform.system()} {platform.release()}; Python {platform.python_version()}, "
+        f"Django {django.get_version()}, psycopg {psycopg.__version__}, "
+        f"psycopg_pool {psycopg_pool.__version__}; PostgreSQL {pg_version}, "
+        f"primary + {len(cluster.replicas)} replicas on this machine"
+    )
+    print(
+        f"Author.objects.get(pk=...), pooled (min {POOL['min_size']}, max {POOL['max_size']} "
+        f"per alias); {args.reads:,} reads per set-up and shape, set-ups taking turns read by "
+        f"read; health monitor on ({cycles} probe cycles meanwhile), metrics "
+        f"{'on' if get_config().metrics else 'off (prometheus-client not installed)'}"
+    )
+    for shape, title in SHAPES.items():
+        print(
+            f"\n{title + ', µs per read:':36} {'wall median':>11} {'CPU median':>10} "
+            f"{'wall / single':>13} {'CPU / single':>12}"
+        )
+        wall_base = statistics.median(baseline.wall[shape])
+        cpu_base = statistics.median(baseline.cpu[shape])
+        for setup in setups:
+            wall = statistics.median(setup.wall[shape])
+            cpu = statistics.median(setup.cpu[shape])
+            print(
+                f"  {setup.name:34} {wall:11.1f} {cpu:10.1f} "
+                f"{wall / wall_base - 1:+13.2%} {cpu / cpu_base - 1:+12.2%}"
+            )
+
+        print(f"  ReplicaRouter vs single database: {_versus(ours, baseline, shape)}, of which")
+        print(f"    replicas instead of the primary, no router: {_versus(using, baseline, shape)}")
+        print(f"    the failover engine and app hook, no router: {_versus(engine, using, shape)}")
+        print(f"    the router itself, metrics included:         {_versus(ours, engine, shape)}")
+        print(f"  ReplicaRouter vs multidb: {_versus(ours, multidb, shape)}")
+        print(f"  noise floor, single database vs itself: {_versus(again, baseline, shape)}")
+
+    read = statistics.median(baseline.wall["request"])
+    print(
+        "\nthe routing decision alone, django.db.router.db_for_read(Author), µs, and what "
+        f"it adds to a {read:.0f} µs per-request read:"
+    )
+    for setup in (baseline, multidb, ours):
+        cost = decision[setup.name]
+        extra = cost - decision[baseline.name]
+        print(f"  {setup.name:34} {cost:6.2f}   {extra:+.2f} µs = {extra / read:+.3%}")
+
+
+if __name__ == "__main__":
+    main()
