@@ -23,6 +23,7 @@ from django.http import HttpRequest, HttpResponse, JsonResponse
 from django.views.decorators.http import require_safe
 
 from replica_router.conf import get_config
+from replica_router.pinning import use_primary
 from replica_router.report import health_document
 from replica_router.router import get_monitor
 
@@ -60,8 +61,11 @@ def replica_health(request: HttpRequest) -> JsonResponse:
 
 def _is_staff(request: HttpRequest) -> bool:
     # Sites without AuthenticationMiddleware have no request.user: anonymous.
-    user = getattr(request, "user", None)
-    return bool(getattr(user, "is_staff", False))
+    # request.user is lazy: loading it reads the session and the user, and a
+    # health check must not depend on the replicas it reports on.
+    with use_primary():
+        user = getattr(request, "user", None)
+        return bool(getattr(user, "is_staff", False))
 
 
 @require_safe

@@ -293,3 +293,29 @@ def test_a_thousand_requests_open_no_database_connection(client, replica_cluster
     assert queries == []
     for name in ALL_NODES:
         assert after[name] - before[name] <= 1, (name, before[name], after[name])
+
+
+@pytest.mark.django_db(databases=["default", "replica_1", "replica_2"], transaction=True)
+def test_the_staff_check_reads_the_user_from_the_primary(client, replica_cluster, pause_replica):
+    """Right after a staff account is created, the replicas may not have it yet;
+    the health view must still recognise the staff user (and not depend on the
+    replicas it reports on)."""
+    pause_replica("replica_1")
+    pause_replica("replica_2")
+    staff = User.objects.create_user("fresh-staff", password="pw", is_staff=True)
+    middleware = [
+        "django.contrib.sessions.middleware.SessionMiddleware",
+        "django.contrib.auth.middleware.AuthenticationMiddleware",
+    ]
+    with override_settings(
+        MIDDLEWARE=middleware,
+        REPLICA_ROUTER={
+            **settings.REPLICA_ROUTER,
+            "PRIMARY_ONLY": ["sessions"],
+            "MAX_LAG_SECONDS": 3600.0,
+            "MAX_LAG_BYTES": 2**40,
+        },
+    ):
+        client.force_login(staff)
+        document = client.get("/health/replicas/").json()
+    assert "host" in document["nodes"][0]
