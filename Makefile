@@ -62,8 +62,14 @@ docs: install
 
 # Benchmarks print their figures; each compares side by side in one process.
 bench: install
-	$(CLUSTER) run --dir $(CLUSTER_DIR) --replicas $(REPLICAS) -- $(BIN)/python bench/bench_router.py
-	$(CLUSTER) run --dir $(CLUSTER_DIR) --replicas $(REPLICAS) -- $(BIN)/python bench/bench_read_your_writes.py
+	mkdir -p docs/bench
+	$(CLUSTER) run --dir $(CLUSTER_DIR) --replicas $(REPLICAS) -- sh -c '\
+		$(BIN)/python bench/bench_router.py | tee docs/bench/router.txt && \
+		$(BIN)/python bench/bench_orm.py | tee docs/bench/orm.txt && \
+		$(BIN)/python bench/bench_read_your_writes.py | tee docs/bench/read_your_writes.txt && \
+		$(BIN)/python bench/bench_http.py'
+	$(CLUSTER) run --dir $(CLUSTER_DIR) --replicas $(REPLICAS) -- env PYTEST_ADDOPTS="-s -k chaos" \
+		$(BIN)/pytest tests/test_chaos.py | grep '^chaos' | tee docs/bench/chaos.txt
 
 # Cluster, migrate, seed, gunicorn on 127.0.0.1, then a narrated tour; the site
 # keeps running until `make demo-down` (or DEMO_KEEP=0).
