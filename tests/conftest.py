@@ -1,6 +1,6 @@
 from __future__ import annotations
 
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 
 import pytest
 from django.conf import settings
@@ -24,6 +24,22 @@ def _quiet_before_test_databases_are_dropped(django_db_setup):
     if _routing is not None and _routing.monitor is not None:
         _routing.monitor.stop()
     connections.close_all()
+
+
+@pytest.fixture
+def killed(replica_cluster: Cluster) -> Iterator[Callable[[str], None]]:
+    """Kill nodes for a test; they are started again, streaming and caught up, afterwards."""
+    names: list[str] = []
+
+    def kill(name: str) -> None:
+        replica_cluster.kill(name)
+        names.append(name)
+
+    yield kill
+    for name in names:
+        replica_cluster.start(name)
+    replica_cluster.wait_streaming()
+    replica_cluster.wait_replayed()
 
 
 @pytest.fixture

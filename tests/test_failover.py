@@ -10,7 +10,7 @@ from __future__ import annotations
 import io
 import threading
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 
 import pytest
 from django.conf import settings
@@ -24,18 +24,11 @@ from replica_router.health import Monitor, State
 from replica_router.router import get_monitor
 from replica_router.testing.cluster import PRIMARY, Cluster
 from tests.factories import AuthorFactory
+from tests.polling import wait_for
 from tests.testapp.models import Author
 
 ALL = ["default", "replica_1", "replica_2"]
 db = pytest.mark.django_db(databases=ALL, transaction=True)
-
-
-def wait_for(predicate: Callable[[], bool], timeout: float = 30.0) -> None:
-    deadline = time.monotonic() + timeout
-    while not predicate():
-        if time.monotonic() > deadline:
-            raise AssertionError(f"condition not met within {timeout}s")
-        time.sleep(0.02)
 
 
 def served_port(using: str | None = None) -> int:
@@ -55,21 +48,6 @@ def slow_monitor() -> Iterator[Monitor]:
         monitor = get_monitor()
         assert monitor is not None and monitor.running
         yield monitor
-
-
-@pytest.fixture
-def killed(replica_cluster: Cluster) -> Iterator[Callable[[str], None]]:
-    names: list[str] = []
-
-    def kill(name: str) -> None:
-        replica_cluster.kill(name)
-        names.append(name)
-
-    yield kill
-    for name in names:
-        replica_cluster.start(name)
-    replica_cluster.wait_streaming()
-    replica_cluster.wait_replayed()
 
 
 @pytest.fixture

@@ -31,20 +31,13 @@ from replica_router.router import get_monitor
 from replica_router.signals import replica_state_changed
 from replica_router.testing.cluster import PRIMARY, Cluster
 from tests.factories import AuthorFactory
+from tests.polling import wait_for
 from tests.testapp.models import Author
 
 ALL = ["default", "replica_1", "replica_2"]
 db = pytest.mark.django_db(databases=ALL, transaction=True)
 
 FAST = {"CHECK_INTERVAL": 0.2, "CHECK_TIMEOUT": 0.5, "RECOVERY_CHECKS": 2}
-
-
-def wait_for(predicate: Callable[[], bool], timeout: float = 20.0) -> None:
-    deadline = time.monotonic() + timeout
-    while not predicate():
-        if time.monotonic() > deadline:
-            raise AssertionError(f"condition not met within {timeout}s")
-        time.sleep(0.02)
 
 
 def routed(n: int) -> Counter[str]:
@@ -85,22 +78,6 @@ def monitor_with(request) -> Iterator[Callable[..., Monitor]]:
     yield start
     for ctx in reversed(stack):
         ctx.disable()
-
-
-@pytest.fixture
-def killed(replica_cluster: Cluster) -> Iterator[Callable[[str], None]]:
-    """Kill nodes for a test; they are started again (and streaming) afterwards."""
-    names: list[str] = []
-
-    def kill(name: str) -> None:
-        replica_cluster.kill(name)
-        names.append(name)
-
-    yield kill
-    for name in names:
-        replica_cluster.start(name)
-    replica_cluster.wait_streaming()
-    replica_cluster.wait_replayed()
 
 
 @pytest.fixture

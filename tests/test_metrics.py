@@ -11,9 +11,8 @@ from __future__ import annotations
 
 import subprocess
 import sys
-import time
 from collections import Counter
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 from contextlib import contextmanager
 
 import pytest
@@ -34,6 +33,7 @@ from replica_router.report import pool_stats
 from replica_router.router import get_counters, get_monitor
 from replica_router.testing.cluster import Cluster
 from tests.factories import AuthorFactory
+from tests.polling import wait_for
 from tests.testapp.models import Author
 
 ALL = ["default", "replica_1", "replica_2"]
@@ -56,14 +56,6 @@ def metrics_settings(**changes: object):
 def metrics_on() -> Iterator[None]:
     with metrics_settings():
         yield
-
-
-def wait_for(predicate: Callable[[], bool], timeout: float = 20.0) -> None:
-    deadline = time.monotonic() + timeout
-    while not predicate():
-        if time.monotonic() > deadline:
-            raise AssertionError(f"condition not met within {timeout}s")
-        time.sleep(0.02)
 
 
 def samples(name: str) -> dict[tuple[tuple[str, str], ...], float]:
