@@ -37,7 +37,12 @@ from bookshop_site.local_cluster import (  # noqa: E402
     cluster_urls,
     default_cluster_dir,
 )
-from replica_router.testing.cluster import Cluster, ClusterError  # noqa: E402
+from replica_router.testing.cluster import (  # noqa: E402
+    Cluster,
+    ClusterError,
+    process_alive,
+    processes_with,
+)
 
 REPLICAS = 2
 PREFERRED_PORT = 8000
@@ -212,26 +217,7 @@ def start_gunicorn(directory: Path, port: int) -> str:
 
 def _gunicorn_pids(directory: Path) -> list[int]:
     """The demo's gunicorn master and workers: their command line names our pid file."""
-    marker = str(_pid_file(directory)).encode()
-    found = []
-    for proc in Path("/proc").iterdir():
-        if not proc.name.isdigit():
-            continue
-        try:
-            cmdline = (proc / "cmdline").read_bytes()
-        except OSError:
-            continue
-        if b"gunicorn" in cmdline and marker in cmdline:
-            found.append(int(proc.name))
-    return found
-
-
-def _alive(pid: int) -> bool:
-    try:
-        state = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0]
-    except OSError:
-        return False
-    return state != "Z"
+    return processes_with(b"gunicorn", str(_pid_file(directory)).encode())
 
 
 def stop_gunicorn(directory: Path, *, quiet: bool = False) -> None:
@@ -241,10 +227,10 @@ def stop_gunicorn(directory: Path, *, quiet: bool = False) -> None:
         with contextlib.suppress(ProcessLookupError):
             os.kill(pid, signal.SIGTERM)
     deadline = time.monotonic() + 10
-    while any(_alive(pid) for pid in pids) and time.monotonic() < deadline:
+    while any(process_alive(pid) for pid in pids) and time.monotonic() < deadline:
         time.sleep(0.05)
     for pid in pids:
-        if _alive(pid):
+        if process_alive(pid):
             with contextlib.suppress(ProcessLookupError):
                 os.kill(pid, signal.SIGKILL)
     # Reap the master if this process started it (a zombie would look alive elsewhere).

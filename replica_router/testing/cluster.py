@@ -136,12 +136,31 @@ def _children(pid: int) -> list[int]:
     return found
 
 
-def _alive(pid: int) -> bool:
+def process_alive(pid: int) -> bool:
+    """Whether ``pid`` is a running process (not a zombie). Linux /proc."""
     try:
         state = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0]
     except OSError:
         return False
     return state != "Z"
+
+
+def _cmdline(pid: int) -> bytes:
+    try:
+        return Path(f"/proc/{pid}/cmdline").read_bytes()
+    except OSError:
+        return b""
+
+
+def processes_with(*markers: bytes) -> list[int]:
+    """Pids of processes whose command line contains every marker. Linux /proc."""
+    found = []
+    for proc in Path("/proc").iterdir():
+        if proc.name.isdigit():
+            cmdline = _cmdline(int(proc.name))
+            if cmdline and all(marker in cmdline for marker in markers):
+                found.append(int(proc.name))
+    return found
 
 
 def _free_port() -> int:
@@ -448,7 +467,7 @@ class Cluster:
             with contextlib.suppress(ProcessLookupError):
                 os.kill(victim, signal.SIGKILL)
         deadline = time.monotonic() + 10
-        while time.monotonic() < deadline and any(_alive(v) for v in victims):
+        while time.monotonic() < deadline and any(process_alive(v) for v in victims):
             time.sleep(0.01)
 
     def down(self) -> None:
@@ -464,18 +483,12 @@ class Cluster:
 
     def _orphans(self) -> list[int]:
         """Server processes still running from this cluster's data directories."""
-        found = []
         marker = str(self.dir).encode()
-        for proc in Path("/proc").iterdir():
-            if not proc.name.isdigit():
-                continue
-            try:
-                cmdline = (proc / "cmdline").read_bytes()
-            except OSError:
-                continue
-            if marker in cmdline and (b"postgres" in cmdline or b"postmaster" in cmdline):
-                found.append(int(proc.name))
-        return found
+        return [
+            pid
+            for pid in processes_with(marker)
+            if any(name in _cmdline(pid) for name in (b"postgres", b"postmaster"))
+        ]
 
     # -- replication ---------------------------------------------------------
 
