@@ -17,18 +17,15 @@ replicas by .using()
     servers as the routers below, without routing.
 failover engine by .using()
     the same, through our aliases: the failover engine
-    (``replica_router.backends.postgresql``) and the app's hook, no router.
+    (``replica_router.backends.postgresql``), no router.
 multidb
     django-multidb-router's ``PinningReplicaRouter`` over the two replicas,
     Django's own engine: what a multidb user runs.
 ReplicaRouter
     ours over the same two replicas, as docs/ recommend: the failover engine,
     the health monitor probing every second, metrics on (when prometheus-client
-    is installed), and the app's ``connection_created`` hook (read-your-writes'
-    write detector) on its aliases. Its gap to "failover engine by .using()"
-    is the router's own. (The hook is connected for the whole run, behind a
-    test of the alias, rather than connected and disconnected between reads:
-    doing that slowed the read that followed by a few µs.)
+    is installed), and the ``replica_router`` app installed. Its gap to
+    "failover engine by .using()" is the router's own.
 
 Two shapes of read:
 
@@ -63,7 +60,6 @@ import timeit
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
 
 import django
 from django.conf import settings
@@ -106,8 +102,9 @@ def _setup() -> Cluster:
         databases[alias] = database(nodes[i % len(nodes)], ours)
     settings.configure(
         DATABASES=databases,
-        # Not "replica_router": its app hook is connected for our set-up only.
-        INSTALLED_APPS=["tests.testapp"],
+        # The app hooks nothing onto Django's own engine here: the primary's
+        # engine (ours) notes writes itself.
+        INSTALLED_APPS=["replica_router", "tests.testapp"],
         DATABASE_ROUTERS=[],  # chosen per set-up
         REPLICA_ROUTER={"PRIMARY": OURS_PRIMARY, "REPLICAS": OURS_REPLICAS},
         REPLICA_DATABASES=PLAIN_REPLICAS,  # django-multidb-router's setting
@@ -160,12 +157,10 @@ def main() -> None:
     from django.core.management import call_command
     from django.db import connections
     from django.db import router as django_router
-    from django.db.backends.signals import connection_created
     from multidb import PinningReplicaRouter
 
     from replica_router import ReplicaRouter
     from replica_router.conf import get_config
-    from replica_router.pinning import install_write_detector
     from replica_router.router import get_monitor
     from tests.testapp.models import Author
 
@@ -202,13 +197,9 @@ def main() -> None:
     def use(setup: Setup) -> None:
         django_router.routers = setup.routers
 
-    ours_aliases = frozenset(ours.aliases)
+    from django.db.backends.signals import connection_created
 
-    def app_hook(sender: object, connection: Any, **kwargs: Any) -> None:
-        if connection.alias in ours_aliases:
-            install_write_detector(connection, **kwargs)
-
-    connection_created.connect(app_hook, weak=False)
+    assert not connection_created.receivers, "a receiver would cost every checkout"
 
     def read_once(setup: Setup, shape: str) -> tuple[int, int, object]:
         closing = [connections[alias] for alias in setup.aliases] if shape == "request" else []
@@ -288,7 +279,7 @@ def main() -> None:
 
         print(f"  ReplicaRouter vs single database: {_versus(ours, baseline, shape)}, of which")
         print(f"    replicas instead of the primary, no router: {_versus(using, baseline, shape)}")
-        print(f"    the failover engine and app hook, no router: {_versus(engine, using, shape)}")
+        print(f"    the failover engine, no router:              {_versus(engine, using, shape)}")
         print(f"    the router itself, metrics included:         {_versus(ours, engine, shape)}")
         print(f"  ReplicaRouter vs multidb: {_versus(ours, multidb, shape)}")
         print(f"  noise floor, single database vs itself: {_versus(again, baseline, shape)}")

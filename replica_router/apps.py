@@ -11,22 +11,18 @@ class ReplicaRouterConfig(AppConfig):
     verbose_name = "Replica router"
 
     def ready(self) -> None:
-        from django.db import connections
-        from django.db.backends.signals import connection_created
+        from django.test.signals import setting_changed
 
         from replica_router import checks as router_checks
         from replica_router.conf import get_config
         from replica_router.exceptions import ReplicaRouterConfigError
-        from replica_router.pinning import install_write_detector
+        from replica_router.pinning import hook_write_detector
 
         for check in router_checks.ALL_CHECKS:
             checks.register(check, router_checks.TAG)
         # Read-your-writes needs to know when a request really writes.
-        connection_created.connect(
-            install_write_detector, dispatch_uid="replica_router.install_write_detector"
-        )
-        for connection in connections.all(initialized_only=True):
-            install_write_detector(connection)
+        hook_write_detector()
+        setting_changed.connect(hook_write_detector, dispatch_uid="replica_router.hook_writes")
         # With METRICS on, the metrics exist from startup, not from the first query.
         try:
             metrics_on = get_config().metrics

@@ -377,6 +377,9 @@ class Monitor:
         self.cycles = 0
         #: Replica alias -> the latest replay position known (read-your-writes).
         self.replay_positions: dict[str, int] = {}
+        #: The aliases found down, for a connection about to be made (cheaper
+        #: to ask than the snapshot).
+        self.down: frozenset[str] = frozenset()
         self.snapshot: Snapshot = self._publish()
 
     # -- lifecycle -------------------------------------------------------------
@@ -694,6 +697,7 @@ class Monitor:
             }
             if dict(self.balancer.weights) != rotation:
                 self.balancer.set_weights(rotation)
+        self.down = frozenset(n.alias for n in rows if n.state is State.DOWN)
         self.snapshot = snapshot
         return snapshot
 

@@ -287,14 +287,59 @@ class causal:  # noqa: N801 - used like a function, as ``with causal(token):``
 def install_write_detector(connection: Any, **kwargs: Any) -> None:
     """Add :func:`detect_writes` to a connection of the primary, once.
 
-    Connected to ``connection_created``; the wrapper list belongs to Django's
+    For primaries on Django's own engine; ``replica_router.backends.postgresql``
+    notes writes in its cursors instead. Connected to ``connection_created``
+    by :func:`hook_write_detector`; the wrapper list belongs to Django's
     connection object and survives reconnects, hence the membership test.
     """
     from replica_router.conf import get_config
 
+    if getattr(connection, "notes_writes", False):
+        return
     try:
         primary = get_config().primary
     except Exception:  # misconfigured: the system checks say so
         return
     if connection.alias == primary and detect_writes not in connection.execute_wrappers:
         connection.execute_wrappers.append(detect_writes)
+
+
+def hook_write_detector(**kwargs: Any) -> bool:
+    """Connect :func:`install_write_detector` to ``connection_created`` if it is needed.
+
+    It is needed unless the primary's engine notes writes itself. Any receiver
+    of that signal costs every connection (each checkout from a pool) a
+    dispatch of a few microseconds, so it is connected only when it is needed.
+    Called when the app is ready and when the settings change. Returns whether
+    it is connected.
+    """
+    from django.db import connections
+    from django.db.backends.signals import connection_created
+
+    from replica_router.conf import WATCHED_SETTINGS
+
+    setting = kwargs.get("setting")
+    if setting is not None and setting not in WATCHED_SETTINGS:
+        return False
+    uid = "replica_router.install_write_detector"
+    if _primary_notes_writes():
+        connection_created.disconnect(dispatch_uid=uid)
+        return False
+    connection_created.connect(install_write_detector, dispatch_uid=uid)
+    for connection in connections.all(initialized_only=True):
+        install_write_detector(connection)
+    return True
+
+
+def _primary_notes_writes() -> bool:
+    from django.conf import settings
+    from django.db.utils import load_backend
+
+    from replica_router.conf import get_config
+
+    try:
+        engine = settings.DATABASES[get_config().primary]["ENGINE"]
+        wrapper_class = load_backend(engine).DatabaseWrapper
+    except Exception:  # misconfigured: the system checks say so
+        return False
+    return bool(getattr(wrapper_class, "notes_writes", False))

@@ -338,3 +338,53 @@ def test_the_documented_task_queue_pattern(replica_cluster: Cluster, pause_repli
         _in_thread(view)
         # Without the token the worker would read from a paused replica and fail.
         assert _in_thread(worker) == "new user"
+
+
+def _hook_connected() -> bool:
+    from django.db.backends.signals import connection_created
+
+    return any(
+        key[0] == "replica_router.install_write_detector"
+        for key, *_ in connection_created.receivers
+    )
+
+
+@db
+def test_a_primary_on_our_engine_notes_writes_without_a_connection_hook():
+    """No ``connection_created`` receiver: it would cost every pool checkout a dispatch."""
+    assert not _hook_connected()
+    with causal() as state:
+        list(Author.objects.using("default").all())
+        assert not state.wrote
+        AuthorFactory()
+        assert state.wrote
+
+
+@db
+def test_a_primary_on_djangos_engine_gets_the_write_detector(monkeypatch):
+    from django.db.utils import load_backend
+
+    from replica_router.pinning import detect_writes, hook_write_detector
+
+    stock = "django.db.backends.postgresql"
+    monkeypatch.setitem(settings.DATABASES["default"], "ENGINE", stock)
+    assert hook_write_detector()
+    try:
+        assert _hook_connected()
+        primary = load_backend(stock).DatabaseWrapper(
+            {**connections["default"].settings_dict, "ENGINE": stock}, "default"
+        )
+        primary.connect()  # sends connection_created
+        try:
+            assert detect_writes in primary.execute_wrappers
+            with causal() as state, primary.cursor() as cursor:
+                cursor.execute("SELECT count(*) FROM testapp_author")
+                assert not state.wrote
+                cursor.execute("INSERT INTO testapp_author (name) VALUES ('stock')")
+                assert state.wrote
+        finally:
+            primary.close()
+    finally:
+        monkeypatch.undo()
+        assert not hook_write_detector()
+    assert not _hook_connected()

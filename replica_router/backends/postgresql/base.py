@@ -23,6 +23,7 @@ health monitor puts it back in rotation.
 
 from __future__ import annotations
 
+import functools
 import logging
 from collections.abc import Callable
 from typing import Any
@@ -32,10 +33,10 @@ from django.db import OperationalError
 from django.db.backends import utils
 from django.db.backends.postgresql import base
 from django.dispatch import receiver
+from django.test.signals import setting_changed
 
-from replica_router.conf import get_config
-from replica_router.health import State
-from replica_router.pinning import is_write
+from replica_router.conf import WATCHED_SETTINGS, get_config
+from replica_router.pinning import is_write, note_write
 from replica_router.router import alternative_for, get_counters, get_monitor
 from replica_router.signals import replica_state_changed
 
@@ -47,6 +48,10 @@ _LOCKING = ("FOR UPDATE", "FOR NO KEY UPDATE", "FOR SHARE", "FOR KEY SHARE")
 
 
 class DatabaseWrapper(base.DatabaseWrapper):
+    #: The primary's cursors note writes for read-your-writes themselves, so
+    #: the app need not hook ``connection_created`` (see ``pinning``).
+    notes_writes = True
+
     def __init__(self, *args: Any, **kwargs: Any) -> None:
         super().__init__(*args, **kwargs)
         #: The alias whose server this connection was made to instead, or None.
@@ -66,7 +71,7 @@ class DatabaseWrapper(base.DatabaseWrapper):
 
     def get_new_connection(self, conn_params: dict[str, Any]) -> Any:
         self.borrowed_from = None
-        if not _is_replica(self.alias):
+        if _role(self.alias) is not _REPLICA:
             return super().get_new_connection(conn_params)
         if _known_down(self.alias):
             # Raced with the monitor: do not wait on a server known to be dead.
@@ -144,17 +149,23 @@ class DatabaseWrapper(base.DatabaseWrapper):
 
     # -- a read whose connection broke ---------------------------------------
 
-    # Cursors of replica aliases retry a broken read. A cursor class rather than
-    # an execute wrapper: Django's wrapper machinery costs every query a few
-    # microseconds even when nothing goes wrong.
+    # Cursors of replica aliases retry a broken read; cursors of the primary
+    # note writes. Cursor classes rather than execute wrappers: Django's
+    # wrapper machinery costs every query a few microseconds.
     def make_cursor(self, cursor: Any) -> Any:
-        if _is_replica(self.alias):
+        role = _role(self.alias)
+        if role is _REPLICA:
             return _RetryingCursorWrapper(cursor, self)
+        if role is _PRIMARY:
+            return _WriteNotingCursorWrapper(cursor, self)
         return super().make_cursor(cursor)
 
     def make_debug_cursor(self, cursor: Any) -> Any:
-        if _is_replica(self.alias):
+        role = _role(self.alias)
+        if role is _REPLICA:
             return _RetryingCursorDebugWrapper(cursor, self)
+        if role is _PRIMARY:
+            return _WriteNotingCursorDebugWrapper(cursor, self)
         return super().make_debug_cursor(cursor)
 
     def retry_broken_read(
@@ -173,7 +184,7 @@ class DatabaseWrapper(base.DatabaseWrapper):
     def _may_retry(self, sql: Any, many: bool, cursor_wrapper: Any) -> bool:
         if many or self.in_atomic_block or not self.get_autocommit():
             return False
-        if not _is_replica(self.alias) or getattr(cursor_wrapper.cursor, "name", None):
+        if _role(self.alias) is not _REPLICA or getattr(cursor_wrapper.cursor, "name", None):
             return False
         if self.connection is not None and not (self.connection.closed or self.connection.broken):
             return False  # the server answered with an error; running it again won't help
@@ -185,6 +196,12 @@ class DatabaseWrapper(base.DatabaseWrapper):
         return not any(lock in upper for lock in _LOCKING)
 
 
+# Django's CursorDebugWrapper shares CursorWrapper's _execute; calling it
+# directly rather than through super() saves a bound method on every query.
+_django_execute = utils.CursorWrapper._execute  # type: ignore[attr-defined]
+_django_executemany = utils.CursorWrapper._executemany  # type: ignore[attr-defined]
+
+
 class _RetryMixin:
     """``_execute`` that hands a broken read to :meth:`DatabaseWrapper.retry_broken_read`."""
 
@@ -192,13 +209,12 @@ class _RetryMixin:
     last_sql: Any = None
 
     def _execute(self, sql: Any, params: Any, *ignored_wrapper_args: Any) -> Any:
-        execute = super()._execute  # type: ignore[misc]
         try:
-            return execute(sql, params, *ignored_wrapper_args)
+            return _django_execute(self, sql, params, *ignored_wrapper_args)
         except OperationalError as exc:
             self.last_sql = sql
             return self.db.retry_broken_read(
-                self, exc, lambda: execute(sql, params, *ignored_wrapper_args)
+                self, exc, lambda: _django_execute(self, sql, params, *ignored_wrapper_args)
             )
 
 
@@ -210,11 +226,50 @@ class _RetryingCursorDebugWrapper(_RetryMixin, utils.CursorDebugWrapper):
     pass
 
 
-def _is_replica(alias: str) -> bool:
+class _WriteNotingMixin:
+    """``_execute`` and ``_executemany`` that note a write (see ``pinning.note_write``)."""
+
+    def _execute(self, sql: Any, params: Any, *ignored_wrapper_args: Any) -> Any:
+        result = _django_execute(self, sql, params, *ignored_wrapper_args)
+        if is_write(sql):
+            note_write()
+        return result
+
+    def _executemany(self, sql: Any, param_list: Any, *ignored_wrapper_args: Any) -> Any:
+        result = _django_executemany(self, sql, param_list, *ignored_wrapper_args)
+        if is_write(sql):
+            note_write()
+        return result
+
+
+class _WriteNotingCursorWrapper(_WriteNotingMixin, utils.CursorWrapper):
+    pass
+
+
+class _WriteNotingCursorDebugWrapper(_WriteNotingMixin, utils.CursorDebugWrapper):
+    pass
+
+
+_PRIMARY, _REPLICA = "primary", "replica"
+
+
+# Asked on every checkout and every cursor, so cached; settings changes clear it.
+@functools.cache
+def _role(alias: str) -> str | None:
+    """``_PRIMARY``, ``_REPLICA`` or None: what the router makes of an alias."""
     try:
-        return alias in get_config().replicas
-    except Exception:
-        return False
+        config = get_config()
+    except Exception:  # misconfigured: the system checks say so
+        return None
+    if alias == config.primary:
+        return _PRIMARY
+    return _REPLICA if alias in config.replicas else None
+
+
+@receiver(setting_changed, dispatch_uid="replica_router.backends.role")
+def _forget_roles(*, setting: str, **kwargs: Any) -> None:
+    if setting in WATCHED_SETTINGS:
+        _role.cache_clear()
 
 
 def _primary() -> str:
@@ -223,13 +278,7 @@ def _primary() -> str:
 
 def _known_down(alias: str) -> bool:
     monitor = get_monitor()
-    if monitor is None:
-        return False
-    try:
-        node = monitor.snapshot.node(alias)
-    except KeyError:
-        return False
-    return node.state is State.DOWN
+    return monitor is not None and alias in monitor.down
 
 
 def _drop_pool(alias: str) -> None:
