@@ -3,15 +3,23 @@
 Run with ``make bench``, which starts the local cluster and sets
 ``REPLICA_ROUTER_CLUSTER_DIR``; needs ``wrk`` (``apt-get install wrk``).
 
-The same bookshop (``sample_site/``, gunicorn with one worker and 8 threads)
-serves read-heavy traffic (70 % book pages with their reviews, 30 % the book
-list) from ``wrk`` on loopback, in rounds that alternate the configurations:
+The same bookshop (``sample_site/``) serves read-heavy traffic (70 % book
+pages with their reviews, 30 % pages of the book list) from ``wrk`` on
+loopback, in rounds that alternate the configurations. gunicorn runs a worker
+per core (2 x 4 threads by default): one process's Python runs on one core at a
+time. It closes each client connection after its response (``--keep-alive 0``,
+as behind nginx's default proxying), so that new connections go to whichever
+worker is free; with keep-alive, ``wrk``'s connections stay with the worker that
+happened to accept them, and one worker may get them all. The shop is emptied
+and seeded again first, so every run reads the same rows.
 
 * ``django-default``: one database, ``CONN_MAX_AGE = 0`` (a new connection per
   request), no pool: Django's defaults;
 * ``persistent``: one database, ``CONN_MAX_AGE = 600``;
 * ``replica-router``: the router with two replicas (weights 1:1), Django's
   psycopg pool on every alias, health checks and read-your-writes on.
+
+``CONN_HEALTH_CHECKS`` is off in all three, as Django has it by default.
 
 Every server, the load generator and PostgreSQL share the machine's cores, so
 the figures compare configurations; they are not a capacity figure.
@@ -32,9 +40,10 @@ import time
 import urllib.request
 from pathlib import Path
 
+from charts import OUT, bar_chart
+
 ROOT = Path(__file__).resolve().parent.parent
 SITE = ROOT / "sample_site"
-OUT = ROOT / "docs" / "bench"
 
 LUA = """
 math.randomseed(42)
@@ -55,7 +64,10 @@ def _free_port() -> int:
 
 
 def _configs(primary: str, replicas: list[str]) -> dict[str, dict[str, str]]:
-    pool = "pool_min_size=4&pool_max_size=12"
+    # CONN_HEALTH_CHECKS off everywhere, as Django's default has it: the sample
+    # site turns it on for its own aliases, and a pool then tests every
+    # connection it hands out with a round trip.
+    pool = "pool_min_size=4&pool_max_size=12&conn_health_checks=False"
     return {
         "django-default": {
             "DATABASE_URL": f"{primary}?conn_health_checks=False",
@@ -82,7 +94,7 @@ def _manage(*args: str, env: dict[str, str]) -> None:
     )
 
 
-def _serve(env: dict[str, str], port: int) -> subprocess.Popen[bytes]:
+def _serve(env: dict[str, str], port: int, workers: int, threads: int) -> subprocess.Popen[bytes]:
     server = subprocess.Popen(
         [
             sys.executable,
@@ -94,6 +106,12 @@ def _serve(env: dict[str, str], port: int) -> subprocess.Popen[bytes]:
             f"127.0.0.1:{port}",
             "--log-level",
             "warning",
+            "--keep-alive",
+            "0",
+            "--workers",
+            str(workers),
+            "--threads",
+            str(threads),
         ],
         cwd=SITE,
         env=env,
@@ -148,35 +166,14 @@ def _wrk(port: int, script: Path, seconds: int, connections: int) -> dict[str, f
     }
 
 
-def _chart(results: dict[str, dict[str, float]], path: Path) -> None:
-    """A small SVG bar chart of requests per second."""
-    width, bar, gap, left = 560, 28, 14, 150
-    top = max(r["rps"] for r in results.values())
-    rows = []
-    for i, (name, r) in enumerate(results.items()):
-        y = 30 + i * (bar + gap)
-        length = (width - left - 90) * r["rps"] / top
-        rows.append(
-            f'<text x="{left - 8}" y="{y + bar * 0.68:.0f}" text-anchor="end">{name}</text>'
-            f'<rect x="{left}" y="{y}" width="{length:.0f}" height="{bar}" fill="#3b6ea8"/>'
-            f'<text x="{left + length + 6:.0f}" y="{y + bar * 0.68:.0f}">'
-            f"{r['rps']:.0f} req/s</text>"
-        )
-    height = 30 + len(results) * (bar + gap) + 10
-    path.write_text(
-        f'<svg xmlns="http://www.w3.org/2000/svg" width="{width}" height="{height}" '
-        f'font-family="sans-serif" font-size="13">'
-        f'<text x="10" y="18" font-weight="bold">Sample site, requests per second '
-        f"(median of rounds, higher is better)</text>{''.join(rows)}</svg>\n"
-    )
-
-
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--rounds", type=int, default=3)
     parser.add_argument("--seconds", type=int, default=8)
     parser.add_argument("--connections", type=int, default=16)
     parser.add_argument("--books", type=int, default=1000)
+    parser.add_argument("--workers", type=int, default=os.cpu_count() or 2)
+    parser.add_argument("--threads", type=int, default=4)
     args = parser.parse_args()
 
     cluster_dir = os.environ.get("REPLICA_ROUTER_CLUSTER_DIR")
@@ -194,9 +191,11 @@ def main() -> None:
     base_env["SECRET_KEY"] = "bench-only-not-secret"
     seed_env = {**base_env, "DATABASE_URL": cluster.url(PRIMARY), "REPLICA_URLS": ""}
     _manage("migrate", "--verbosity", "0", env=seed_env)
+    # The same rows on every run: flush resets the ids too, which the Lua script draws from.
+    _manage("flush", "--no-input", env=seed_env)
     _manage(
         "seed", "--authors", "100", "--books", str(args.books), "--reviews", str(args.books * 3),
-        "--force", env=seed_env,
+        env=seed_env,
     )  # fmt: skip
     cluster.wait_replayed()
 
@@ -208,7 +207,7 @@ def main() -> None:
         for _ in range(args.rounds):
             for name, urls in configs.items():
                 port = _free_port()
-                server = _serve({**base_env, **urls}, port)
+                server = _serve({**base_env, **urls}, port, args.workers, args.threads)
                 try:
                     _wrk(port, Path(script.name), 2, args.connections)  # warm-up
                     runs[name].append(_wrk(port, Path(script.name), args.seconds, args.connections))
@@ -226,7 +225,8 @@ def main() -> None:
         for name, rounds in runs.items()
     }
     lines = [
-        f"HTTP, sample site (gunicorn 1 worker x 8 threads), wrk -t2 -c{args.connections}, "
+        f"HTTP, sample site (gunicorn {args.workers} workers x {args.threads} threads, no "
+        f"keep-alive), {args.books:,} books, wrk -t2 -c{args.connections}, "
         f"{args.rounds} rounds x {args.seconds} s per configuration, median of rounds; "
         f"{os.cpu_count()} cores shared by server, load generator and PostgreSQL",
         f"{'configuration':16} {'req/s':>8} {'p50 ms':>8} {'p99 ms':>8} {'errors':>7}",
@@ -245,7 +245,12 @@ def main() -> None:
     print(report)
     OUT.mkdir(exist_ok=True)
     (OUT / "http.txt").write_text(report + "\n")
-    _chart(results, OUT / "http.svg")
+    bar_chart(
+        OUT / "http.svg",
+        "Sample site, requests per second (median of rounds; higher is better)",
+        [(name, r["rps"]) for name, r in results.items()],
+        value_label=lambda rps: f"{rps:.0f} req/s",
+    )
 
 
 if __name__ == "__main__":

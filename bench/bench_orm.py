@@ -62,6 +62,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 import django
+from charts import OUT, bar_chart
 from django.conf import settings
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
@@ -282,6 +283,13 @@ def main() -> None:
         print(f"    the failover engine, no router:              {_versus(engine, using, shape)}")
         print(f"    the router itself, metrics included:         {_versus(ours, engine, shape)}")
         print(f"  ReplicaRouter vs multidb: {_versus(ours, multidb, shape)}")
+        if shape == "request":
+            bar_chart(
+                OUT / "orm.svg",
+                "One pooled Author.objects.get(), per request: µs, wall median (lower is better)",
+                [(setup.name, statistics.median(setup.wall[shape])) for setup in setups],
+                value_label=lambda us: f"{us:.1f} µs",
+            )
         print(f"  noise floor, single database vs itself: {_versus(again, baseline, shape)}")
 
     read = statistics.median(baseline.wall["request"])

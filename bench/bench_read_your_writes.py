@@ -29,6 +29,7 @@ if not os.environ.get("REPLICA_ROUTER_CLUSTER_DIR"):
     sys.exit("Run it with 'make bench', which starts the local cluster it measures against.")
 
 import django  # noqa: E402
+from charts import OUT, bar_chart  # noqa: E402
 
 django.setup()
 
@@ -114,6 +115,16 @@ def main() -> None:
         print(f"{mode:6} {r['reads']:6.0f} {r['stale']:6.0f} {r['replica_share']:14.1%}")
     ratio = results["lsn"]["replica_share"] / max(results["time"]["replica_share"], 1e-9)
     print(f"lsn replica share / time replica share: {ratio:.1f}x")
+    bar_chart(
+        OUT / "read_your_writes.svg",
+        "Reads served by replicas, by READ_YOUR_WRITES mode (higher is better, if none is stale)",
+        [
+            (f"{mode} ({r['stale']:.0f} stale reads)", r["replica_share"] * 100)
+            for mode, r in results.items()
+        ],
+        value_label=lambda share: f"{share:.1f} %",
+        ours=lambda name: name.startswith("lsn"),
+    )
 
 
 if __name__ == "__main__":

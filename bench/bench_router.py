@@ -30,6 +30,7 @@ from collections.abc import Callable
 from pathlib import Path
 
 import django
+from charts import OUT, bar_chart
 from django.conf import settings
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
@@ -186,6 +187,12 @@ def main() -> None:
     ]
     for name, timings in rows:
         print(f"{name:42} {min(timings):8.1f} {statistics.median(timings):8.1f}")
+    bar_chart(
+        OUT / "router.svg",
+        "db_for_read, ns per call (median round; lower is better)",
+        [(name, statistics.median(timings)) for name, timings in rows],
+        value_label=lambda ns: f"{ns:.0f} ns",
+    )
     for label, ours_timings in (("ours", results["ours"]), ("ours + metrics", results["metrics"])):
         best_ratio = min(ours_timings) / min(results["multidb"])
         median_ratio = statistics.median(ours_timings) / statistics.median(results["multidb"])
@@ -208,6 +215,7 @@ def main() -> None:
     for _ in range(cycles):
         probe_monitor.run_cycle()
     cpu, wall = time.process_time() - cpu, time.perf_counter() - wall
+    probe_monitor.stop()
     assert all(n.state.value == "healthy" for n in probe_monitor.snapshot.nodes)
     print(
         f"health monitor, primary + 2 replicas: {cpu / cycles * 1000:.2f} ms CPU "

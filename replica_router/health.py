@@ -1,7 +1,7 @@
 """Replica health: what a probe measures, the states it leads to, and the monitor.
 
 The monitor probes the primary and every replica each ``CHECK_INTERVAL`` in a
-daemon thread, with short-lived connections of its own, and publishes an
+daemon thread, over connections of its own kept between probes, and publishes an
 immutable :class:`Snapshot`. When the set of replicas fit to serve reads
 changes, it swaps the router's weighted schedule in one assignment. The router
 never waits for a probe: it only reads what the monitor last published.
@@ -222,39 +222,141 @@ FROM pg_stat_replication WHERE replay_lag IS NOT NULL
 """
 
 
-def probe(params: Mapping[str, Any], *, timeout: float) -> Probe:
-    """Connect with ``params`` (psycopg keywords), measure, disconnect. Never raises."""
-    started = time.perf_counter()
+class ProbeConnections:
+    """The monitor's connections, one per node, kept from one probe to the next.
+
+    Every process of a site runs a monitor. Connecting afresh at every probe
+    would cost each server (processes x nodes) new connections, each a forked
+    backend, every ``CHECK_INTERVAL``. A kept connection that fails is replaced
+    by a new one at once, within the same probe: a server that restarted since
+    the last probe is up, not down. A connection is also replaced when its
+    alias's settings change (the test runner's switch to the test database).
+    One probe per node runs at a time (the monitor does not start a second
+    while the first is in flight), so a connection is never shared.
+    """
+
+    def __init__(self) -> None:
+        self._lock = threading.Lock()
+        self._kept: dict[str, tuple[dict[str, Any], psycopg.Connection[Any]]] = {}
+        self._pid = os.getpid()
+        #: Bumped by close(): a probe still running then does not keep its connection.
+        self._generation = 0
+
+    def probe(self, alias: str, params: Mapping[str, Any], *, timeout: float) -> Probe:
+        """Measure ``alias`` on its kept connection, else on a new one. Never raises."""
+        started = time.perf_counter()
+        wanted = dict(params)
+        generation = self._generation
+        kept = self._take(alias, wanted)
+        if kept is not None:
+            try:
+                result = _measure(kept, started)
+            except (psycopg.Error, OSError):
+                kept.close()  # broken, or killed by the server: try a new one
+            else:
+                self._keep(alias, wanted, kept, generation)
+                return result
+        try:
+            conn = _connect(wanted, timeout)
+        except (psycopg.Error, OSError) as exc:
+            return Probe(ok=False, error=_first_line(exc), rtt=time.perf_counter() - started)
+        try:
+            result = _measure(conn, started)
+        except (psycopg.Error, OSError) as exc:
+            conn.close()
+            return Probe(ok=False, error=_first_line(exc), rtt=time.perf_counter() - started)
+        self._keep(alias, wanted, conn, generation)
+        return result
+
+    def close(self) -> None:
+        """Close every kept connection (made again by the next probe)."""
+        self._drop_inherited()
+        with self._lock:
+            kept, self._kept = self._kept, {}
+            self._generation += 1
+        for _, conn in kept.values():
+            conn.close()
+
+    def _drop_inherited(self) -> None:
+        """In a child process, let go of the connections the parent kept.
+
+        Closing one sends the server a Terminate message over the socket that
+        the child shares with the parent, which would end the parent's session.
+        So this process's copy of each socket is first pointed at /dev/null.
+        """
+        with self._lock:
+            if self._pid == os.getpid():
+                return
+            inherited, self._kept = self._kept, {}
+            self._pid = os.getpid()
+        for _, conn in inherited.values():
+            fd = conn.pgconn.socket if not conn.closed else -1
+            if fd >= 0:
+                devnull = os.open(os.devnull, os.O_RDWR)
+                try:
+                    os.dup2(devnull, fd)
+                finally:
+                    os.close(devnull)
+            conn.close()
+
+    def _take(self, alias: str, params: dict[str, Any]) -> psycopg.Connection[Any] | None:
+        self._drop_inherited()
+        with self._lock:
+            entry = self._kept.pop(alias, None)
+        if entry is None:
+            return None
+        kept_params, conn = entry
+        if kept_params != params or conn.closed:
+            conn.close()
+            return None
+        return conn
+
+    def _keep(
+        self, alias: str, params: dict[str, Any], conn: psycopg.Connection[Any], generation: int
+    ) -> None:
+        with self._lock:
+            if generation != self._generation:  # closed meanwhile
+                replaced: psycopg.Connection[Any] | None = conn
+            else:
+                entry = self._kept.get(alias)
+                replaced = entry[1] if entry is not None else None
+                self._kept[alias] = (params, conn)
+        if replaced is not None:
+            replaced.close()
+
+
+def _connect(params: Mapping[str, Any], timeout: float) -> psycopg.Connection[Any]:
     kwargs = dict(params)
     kwargs["autocommit"] = True
     kwargs.setdefault("connect_timeout", max(2, math.ceil(timeout)))
     statement_timeout = f"-c statement_timeout={max(1, int(timeout * 1000))}"
     kwargs["options"] = f"{kwargs.get('options', '')} {statement_timeout}".strip()
     kwargs.setdefault("application_name", "replica_router monitor")
+    return psycopg.connect(**kwargs)
+
+
+def _measure(conn: psycopg.Connection[Any], started: float) -> Probe:
+    """Ask a node where it is; raises psycopg.Error if the connection fails."""
+    row = conn.execute(_NODE_SQL).fetchone()
+    assert row is not None
+    if row[0] and not row[5] and None not in row[2:4] and row[3] < row[2]:
+        time.sleep(RECHECK_DELAY)
+        row = conn.execute(_NODE_SQL).fetchone()
+        assert row is not None
+    in_recovery, current, receive, replay, age, paused = row
+    system_identifier = streaming = None
     try:
-        with psycopg.connect(**kwargs) as conn:
-            row = conn.execute(_NODE_SQL).fetchone()
-            assert row is not None
-            if row[0] and not row[5] and None not in row[2:4] and row[3] < row[2]:
-                time.sleep(RECHECK_DELAY)
-                row = conn.execute(_NODE_SQL).fetchone()
-                assert row is not None
-            in_recovery, current, receive, replay, age, paused = row
-            system_identifier = streaming = None
-            try:
-                extra = conn.execute(_PRIVILEGED_SQL).fetchone()
-            except psycopg.errors.InsufficientPrivilege:
-                pass
-            else:
-                assert extra is not None
-                system_identifier = int(extra[0]) if extra[0] is not None else None
-                streaming = extra[1] == "streaming" if in_recovery else None
-            lags: dict[str, float] = {}
-            if not in_recovery:
-                with _suppress_privileges():
-                    lags = dict(conn.execute(_REPLICATION_SQL).fetchall())
-    except (psycopg.Error, OSError) as exc:
-        return Probe(ok=False, error=_first_line(exc), rtt=time.perf_counter() - started)
+        extra = conn.execute(_PRIVILEGED_SQL).fetchone()
+    except psycopg.errors.InsufficientPrivilege:
+        pass
+    else:
+        assert extra is not None
+        system_identifier = int(extra[0]) if extra[0] is not None else None
+        streaming = extra[1] == "streaming" if in_recovery else None
+    lags: dict[str, float] = {}
+    if not in_recovery:
+        with _suppress_privileges():
+            lags = dict(conn.execute(_REPLICATION_SQL).fetchall())
     return Probe(
         ok=True,
         rtt=time.perf_counter() - started,
@@ -358,14 +460,13 @@ class Monitor:
         config: RouterConfig,
         balancer: Balancer | None = None,
         params_for: Callable[[str], Mapping[str, Any]] = django_probe_params,
-        probe_func: Callable[..., Probe] = probe,
     ) -> None:
         if config.check_interval <= 0 or config.check_timeout <= 0:
             raise ValueError("check_interval and check_timeout must be positive")
         self.config = config
         self.balancer = balancer
         self._params_for = params_for
-        self._probe = probe_func
+        self._connections = ProbeConnections()
         self._lock = threading.Lock()
         self._trackers = {alias: _Tracker(alias) for alias in [config.primary, *config.replicas]}
         self._inflight: dict[str, Future[Probe]] = {}
@@ -423,6 +524,7 @@ class Monitor:
         if self._executor is not None:
             self._executor.shutdown(wait=False, cancel_futures=True)
             self._executor = None
+        self._connections.close()
 
     def _loop(self) -> None:
         interval = self.config.check_interval
@@ -493,7 +595,9 @@ class Monitor:
             except Exception as exc:
                 results[alias] = Probe(ok=False, error=f"cannot build connection: {exc}")
                 continue
-            futures[alias] = self._executor.submit(self._probe, params, timeout=timeout)
+            futures[alias] = self._executor.submit(
+                self._connections.probe, alias, params, timeout=timeout
+            )
             self._inflight[alias] = futures[alias]
         deadline = time.monotonic() + timeout
         for alias, future in futures.items():

@@ -250,7 +250,7 @@ def _families() -> dict[str, Metric]:
         ),
         "probe_rtt_seconds": gauge(
             "replica_router_probe_rtt_seconds",
-            "Round-trip of the last health probe, connecting included.",
+            "Round-trip of the last health probe, connecting included when it had to connect.",
             labels=alias,
         ),
         "pool_size": gauge(

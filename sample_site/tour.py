@@ -165,7 +165,7 @@ def name(alias: str) -> str:
 
 
 def spread(reads: dict[str, int]) -> str:
-    """``replica_1 80 (66.7%), replica_2 40 (33.3%), primary 0``: replicas first."""
+    """``replica_1 120 (66.7%), replica_2 60 (33.3%), primary 0``: replicas first."""
     total = sum(reads.values()) or 1
     order = sorted(reads, key=lambda alias: (alias == PRIMARY_ALIAS, alias))
     return ", ".join(f"{name(a)} {reads[a]} ({100 * reads[a] / total:.1f}%)" for a in order)

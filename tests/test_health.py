@@ -321,7 +321,10 @@ def test_a_replica_of_another_cluster_is_ejected(replica_cluster: Cluster):
                 "dbname": "postgres",
             },
         )
-        snapshot = monitor.run_cycle()
+        try:
+            snapshot = monitor.run_cycle()
+        finally:
+            monitor.stop()
         assert snapshot.node("replica_1").state is State.HEALTHY
         assert snapshot.node("replica_2").state is State.EJECTED
         assert "another cluster" in snapshot.node("replica_2").reason
@@ -345,9 +348,12 @@ def test_a_down_replica_is_probed_with_backoff(replica_cluster: Cluster):
 
     monitor = Monitor(config=config, params_for=params_for)
     deadline = time.monotonic() + 1.6  # 32 intervals
-    while time.monotonic() < deadline:
-        monitor.run_cycle()
-        time.sleep(0.05)
+    try:
+        while time.monotonic() < deadline:
+            monitor.run_cycle()
+            time.sleep(0.05)
+    finally:
+        monitor.stop()
     assert monitor.snapshot.node("replica_1").state is State.DOWN
     # The primary is probed every cycle; the dead replica after 1, 2, 4, 8, 8...
     # intervals, so far less often.
@@ -378,3 +384,104 @@ def test_a_slightly_delayed_replica_after_a_quiet_spell_is_not_ejected(
     assert monitor.cycles - cycles >= 3  # the delayed commit was probed several times
     assert all(in_rotation for in_rotation, _ in seen), seen
     assert max(lag for _, lag in seen) < 2.0
+
+
+def _monitor_backends(cluster: Cluster, name: str, application_name: str) -> list[int]:
+    """The pids of the monitor's sessions on a node, by their application_name."""
+    import psycopg
+
+    with psycopg.connect(
+        host="127.0.0.1", port=cluster.port(name), user="postgres", dbname="postgres"
+    ) as conn:
+        rows = conn.execute(
+            "SELECT pid FROM pg_stat_activity WHERE application_name = %s", [application_name]
+        ).fetchall()
+    return sorted(pid for (pid,) in rows)
+
+
+def _own_monitor(cluster: Cluster, application_name: str) -> Monitor:
+    config, problems = parse_settings({"REPLICAS": ["replica_1", "replica_2"], **FAST})
+    assert not problems
+    return Monitor(
+        config=config,
+        params_for=lambda alias: {
+            "host": "127.0.0.1",
+            "port": cluster.port(PRIMARY if alias == "default" else alias),
+            "user": "postgres",
+            "dbname": "postgres",
+            "application_name": application_name,
+        },
+    )
+
+
+def test_the_monitor_keeps_one_connection_per_node(replica_cluster: Cluster):
+    """Probes reuse a connection: every process runs a monitor, and connecting
+    afresh each interval would fork (processes x nodes) backends per interval."""
+    name = "rr-test-keeps-connections"
+    monitor = _own_monitor(replica_cluster, name)
+    try:
+        monitor.run_cycle()
+        first = {
+            node: _monitor_backends(replica_cluster, node, name) for node in replica_cluster.nodes
+        }
+        assert all(len(pids) == 1 for pids in first.values()), first
+        for _ in range(3):
+            assert monitor.run_cycle().overall == "ok"
+        later = {
+            node: _monitor_backends(replica_cluster, node, name) for node in replica_cluster.nodes
+        }
+        assert later == first
+    finally:
+        monitor.stop()
+    closed = {
+        node: _monitor_backends(replica_cluster, node, name) for node in replica_cluster.nodes
+    }
+    assert closed == {node: [] for node in replica_cluster.nodes}
+
+
+def test_a_replica_restarted_between_probes_is_found_up(outage: Cluster, state_changes):
+    """Its kept connection is dead; the probe connects again rather than report it down."""
+    name = "rr-test-restart"
+    monitor = _own_monitor(outage, name)
+    try:
+        assert monitor.run_cycle().node("replica_1").state is State.HEALTHY
+        outage.stop("replica_1")
+        outage.start("replica_1")
+        snapshot = monitor.run_cycle()
+        assert snapshot.node("replica_1").state is State.HEALTHY, snapshot.node("replica_1")
+        assert ("replica_1", "healthy", "down") not in {c[:3] for c in state_changes}
+        assert len(_monitor_backends(outage, "replica_1", name)) == 1
+    finally:
+        monitor.stop()
+
+
+def test_a_forked_child_leaves_the_parents_probe_connections_alone(replica_cluster: Cluster):
+    """Closing in a child (as a fork-restarted monitor does) must not end the
+    parent's sessions: they share the sockets."""
+    import os
+    import warnings
+
+    name = "rr-test-fork"
+    monitor = _own_monitor(replica_cluster, name)
+    try:
+        monitor.run_cycle()
+        before = _monitor_backends(replica_cluster, PRIMARY, name)
+        with warnings.catch_warnings():
+            # Python 3.12+ warns of fork() in a process with threads; the child
+            # here only closes connections and exits.
+            warnings.simplefilter("ignore", DeprecationWarning)
+            pid = os.fork()
+        if pid == 0:  # the child
+            status = 1
+            try:
+                with warnings.catch_warnings():
+                    warnings.simplefilter("error")
+                    monitor.stop()
+                status = 0
+            finally:
+                os._exit(status)
+        assert os.waitpid(pid, 0)[1] == 0, "the child failed to let go of the connections"
+        assert monitor.run_cycle().overall == "ok"
+        assert _monitor_backends(replica_cluster, PRIMARY, name) == before
+    finally:
+        monitor.stop()

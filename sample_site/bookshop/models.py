@@ -37,6 +37,8 @@ class Book(models.Model):
 
     class Meta:
         ordering = ["title", "pk"]
+        # The book list pages through books in this order.
+        indexes = [models.Index(fields=["title", "id"], name="bookshop_book_title_id")]
 
     def __str__(self) -> str:
         return self.title

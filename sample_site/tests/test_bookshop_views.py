@@ -50,8 +50,8 @@ def test_the_book_list_reads_from_the_replicas_by_weight(replica_cluster: Cluste
             response = visitor.get("/")
             assert response.status_code == 200
     assert reads["default"] == 0
-    # Two reads per page (count and rows); the balancer's order is exact.
-    assert reads["replica_1"] + reads["replica_2"] == 60
+    # Three reads per page (count, rows, their ratings); the balancer's order is exact.
+    assert reads["replica_1"] + reads["replica_2"] == 90
     assert reads["replica_1"] * weights["replica_2"] == reads["replica_2"] * weights["replica_1"]
 
 
@@ -69,6 +69,33 @@ def test_book_pages_show_their_data(replica_cluster: Cluster):
     assert "The Quiet Replica" in author
     assert client.get("/authors/").status_code == 200
     assert client.get("/books/999999/").status_code == 404
+
+
+@db
+def test_the_lists_show_each_books_review_count_and_rating(replica_cluster: Cluster):
+    author = AuthorFactory(name="Ann Author")
+    rated = BookFactory(title="Rated Book", author=author)
+    BookFactory(title="Unrated Book", author=author)
+    for rating in (4, 5):
+        ReviewFactory(book=rated, rating=rating)
+    replica_cluster.wait_replayed()
+
+    def rows(html: str) -> dict[str, list[str]]:
+        found = {}
+        for row in re.findall(r"<tr>(.*?)</tr>", html, re.S):
+            cells = [
+                re.sub(r"<[^>]+>", "", c).strip()
+                for c in re.findall(r"<td[^>]*>(.*?)</td>", row, re.S)
+            ]
+            if cells:
+                found[cells[0]] = cells
+        return found
+
+    client = Client()
+    for path in ("/?q=Ann+Author", f"/authors/{author.pk}/"):
+        shown = rows(client.get(path).content.decode())
+        assert shown["Rated Book"][-2:] == ["2", "4.5"], (path, shown)
+        assert shown["Unrated Book"][-2:] == ["0", "–"], (path, shown)
 
 
 @db

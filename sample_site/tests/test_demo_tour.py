@@ -47,13 +47,13 @@ def test_the_demo_tours_the_site_and_leaves_nothing_behind():
         assert result.returncode == 0, out[-6000:] + result.stderr[-3000:]
         # 1. reads spread by weight, none on the primary
         assert "replica_1 : replica_2 = 2.00 : 1" in out
-        assert re.search(r"replica_1 80 \(66\.7%\), replica_2 40 \(33\.3%\), primary 0", out)
+        assert re.search(r"replica_1 120 \(66\.7%\), replica_2 60 \(33\.3%\), primary 0", out)
         # 2. read-your-writes: the primary, then the replicas
         assert re.search(r"served by primary +pin cookie kept", out)
         assert re.search(r"served by replica_\d.* pin cookie dropped", out)
         # 3. a paused replica leaves rotation and comes back
         assert "replica_2 is lagging after" in out
-        assert re.search(r"30 page views: replica_1 60 \(100\.0%\), replica_2 0", out)
+        assert re.search(r"30 page views: replica_1 90 \(100\.0%\), replica_2 0", out)
         assert "Resumed replay: replica_2 is back after" in out
         # 4. a killed replica: no failed request
         assert re.search(r"replica_1 healthy -> down: connection failed", out)
