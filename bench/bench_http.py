@@ -41,6 +41,7 @@ import urllib.request
 from pathlib import Path
 
 from charts import OUT, bar_chart
+from machine import describe
 
 ROOT = Path(__file__).resolve().parent.parent
 SITE = ROOT / "sample_site"
@@ -168,7 +169,7 @@ def _wrk(port: int, script: Path, seconds: int, connections: int) -> dict[str, f
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--rounds", type=int, default=3)
+    parser.add_argument("--rounds", type=int, default=5)
     parser.add_argument("--seconds", type=int, default=8)
     parser.add_argument("--connections", type=int, default=16)
     parser.add_argument("--books", type=int, default=1000)
@@ -241,6 +242,7 @@ def main() -> None:
         f"replica-router / django-default: {results['replica-router']['rps'] / base:.2f}x; "
         f"persistent / django-default: {results['persistent']['rps'] / base:.2f}x"
     )
+    lines.append(describe(len(cluster.replicas)))
     report = "\n".join(lines)
     print(report)
     OUT.mkdir(exist_ok=True)

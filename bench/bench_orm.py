@@ -51,7 +51,6 @@ from __future__ import annotations
 import argparse
 import itertools
 import os
-import platform
 import random
 import statistics
 import sys
@@ -64,6 +63,7 @@ from pathlib import Path
 import django
 from charts import OUT, bar_chart
 from django.conf import settings
+from machine import describe
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
@@ -137,24 +137,12 @@ def _versus(setup: Setup, reference: Setup, shape: str) -> str:
     return f"wall {wall - 1:+.2%}, CPU {cpu - 1:+.2%}"
 
 
-def _cpu_model() -> str:
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                return line.split(":", 1)[1].strip()
-    except OSError:
-        pass
-    return platform.processor() or platform.machine()
-
-
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--reads", type=int, default=4000, help="reads per set-up and shape")
     args = parser.parse_args()
 
     cluster = _setup()
-    import psycopg
-    import psycopg_pool
     from django.core.management import call_command
     from django.db import connections
     from django.db import router as django_router
@@ -246,17 +234,7 @@ def main() -> None:
         decision[setup.name] = min(timer.repeat(repeat=5, number=100_000)) / 100_000 * 1e6
     use(baseline)
 
-    with connections["default"].cursor() as cursor:
-        cursor.execute("SHOW server_version")
-        (pg_version,) = cursor.fetchone()
-    usable = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else "?"
-    print(
-        f"machine: {_cpu_model()}, {os.cpu_count()} cores ({usable} usable), "
-        f"{platform.system()} {platform.release()}; Python {platform.python_version()}, "
-        f"Django {django.get_version()}, psycopg {psycopg.__version__}, "
-        f"psycopg_pool {psycopg_pool.__version__}; PostgreSQL {pg_version}, "
-        f"primary + {len(cluster.replicas)} replicas on this machine"
-    )
+    print(describe(len(cluster.replicas)))
     print(
         f"Author.objects.get(pk=...), pooled (min {POOL['min_size']}, max {POOL['max_size']} "
         f"per alias); {args.reads:,} reads per set-up and shape, set-ups taking turns read by "
@@ -289,6 +267,7 @@ def main() -> None:
                 "One pooled Author.objects.get(), per request: µs, wall median (lower is better)",
                 [(setup.name, statistics.median(setup.wall[shape])) for setup in setups],
                 value_label=lambda us: f"{us:.1f} µs",
+                ours=lambda name: name.startswith(("ReplicaRouter", "failover engine")),
             )
         print(f"  noise floor, single database vs itself: {_versus(again, baseline, shape)}")
 

@@ -30,6 +30,7 @@ if not os.environ.get("REPLICA_ROUTER_CLUSTER_DIR"):
 
 import django  # noqa: E402
 from charts import OUT, bar_chart  # noqa: E402
+from machine import describe  # noqa: E402
 
 django.setup()
 
@@ -110,6 +111,7 @@ def main() -> None:
         f"(each followed by a read of its row), replicas {args.delay:g} s behind, "
         f"PIN_SECONDS {args.pin_seconds:g}"
     )
+    print(describe(len(cluster.replicas)))
     print(f"{'mode':6} {'reads':>6} {'stale':>6} {'replica share':>14}")
     for mode, r in results.items():
         print(f"{mode:6} {r['reads']:6.0f} {r['stale']:6.0f} {r['replica_share']:14.1%}")
@@ -117,7 +119,7 @@ def main() -> None:
     print(f"lsn replica share / time replica share: {ratio:.1f}x")
     bar_chart(
         OUT / "read_your_writes.svg",
-        "Reads served by replicas, by READ_YOUR_WRITES mode (higher is better, if none is stale)",
+        "Share of reads served by replicas, by READ_YOUR_WRITES mode",
         [
             (f"{mode} ({r['stale']:.0f} stale reads)", r["replica_share"] * 100)
             for mode, r in results.items()

@@ -32,6 +32,7 @@ from pathlib import Path
 import django
 from charts import OUT, bar_chart
 from django.conf import settings
+from machine import describe
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
@@ -175,6 +176,7 @@ def main() -> None:
         f"db_for_read, ns per call ({args.rounds} rounds x {args.number:,} calls, "
         f"Python {sys.version.split()[0]}, Django {django.get_version()})"
     )
+    print(describe(len(cluster.replicas)))
     print(f"{'':42} {'best':>8} {'median':>8}")
     rows = [
         ("multidb PinningReplicaRouter", results["multidb"]),

@@ -23,7 +23,7 @@ def bar_chart(
     rows: Sequence[tuple[str, float]],
     *,
     value_label: Callable[[float], str],
-    ours: Callable[[str], bool] = lambda name: "ReplicaRouter" in name or "replica-router" in name,
+    ours: Callable[[str], bool] = lambda name: name.startswith(("ReplicaRouter", "replica-router")),
 ) -> None:
     """Write one bar per ``(label, value)``; bars of ours in blue, the others grey."""
     top = max((value for _, value in rows), default=0) or 1
