@@ -222,6 +222,10 @@ FROM pg_stat_replication WHERE replay_lag IS NOT NULL
 """
 
 
+class _ProcessExiting(Exception):
+    """Raised by a cycle that finds the interpreter shutting down."""
+
+
 class ProbeConnections:
     """The monitor's connections, one per node, kept from one probe to the next.
 
@@ -532,6 +536,8 @@ class Monitor:
             started = time.monotonic()
             try:
                 self.run_cycle()
+            except _ProcessExiting:
+                return
             except Exception:  # a bug here must not kill monitoring for good
                 logger.exception("replica health cycle failed")
             finally:
@@ -595,9 +601,15 @@ class Monitor:
             except Exception as exc:
                 results[alias] = Probe(ok=False, error=f"cannot build connection: {exc}")
                 continue
-            futures[alias] = self._executor.submit(
-                self._connections.probe, alias, params, timeout=timeout
-            )
+            try:
+                futures[alias] = self._executor.submit(
+                    self._connections.probe, alias, params, timeout=timeout
+                )
+            except RuntimeError:
+                # The interpreter is exiting (a worker told to stop, say): its
+                # thread pools take no more work, and the process needs no more probes.
+                self._stop.set()
+                raise _ProcessExiting from None
             self._inflight[alias] = futures[alias]
         deadline = time.monotonic() + timeout
         for alias, future in futures.items():

@@ -485,3 +485,41 @@ def test_a_forked_child_leaves_the_parents_probe_connections_alone(replica_clust
         assert _monitor_backends(replica_cluster, PRIMARY, name) == before
     finally:
         monitor.stop()
+
+
+def test_a_monitor_in_an_exiting_process_stops_without_an_error(replica_cluster: Cluster):
+    """A gunicorn worker told to stop exits while its monitor's thread still runs:
+    the thread pool takes no more work then. The monitor stops, logging nothing."""
+    import subprocess
+    import sys
+    import textwrap
+
+    ports = {
+        "default": replica_cluster.port(PRIMARY),
+        "replica_1": replica_cluster.port("replica_1"),
+    }
+    script = textwrap.dedent(
+        f"""
+        import concurrent.futures.thread, logging, time
+        logging.basicConfig(level=logging.ERROR)
+        from replica_router.conf import parse_settings
+        from replica_router.health import Monitor
+
+        config, _ = parse_settings({{"REPLICAS": ["replica_1"], "CHECK_INTERVAL": 0.02}})
+        ports = {ports!r}
+        monitor = Monitor(config=config, params_for=lambda alias: {{
+            "host": "127.0.0.1", "port": ports[alias], "user": "postgres", "dbname": "postgres"}})
+        monitor.start()
+        concurrent.futures.thread._shutdown = True  # what interpreter exit sets first
+        deadline = time.monotonic() + 10
+        while monitor.running and time.monotonic() < deadline:
+            time.sleep(0.02)
+        print("stopped" if not monitor.running else "still running")
+        """
+    )
+    result = subprocess.run(
+        [sys.executable, "-c", script], capture_output=True, text=True, timeout=60
+    )
+    assert result.returncode == 0, result.stderr
+    assert result.stdout.strip() == "stopped", result.stdout
+    assert "failed" not in result.stderr and "Traceback" not in result.stderr, result.stderr
