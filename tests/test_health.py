@@ -447,6 +447,10 @@ def test_a_replica_restarted_between_probes_is_found_up(outage: Cluster, state_c
         assert monitor.run_cycle().node("replica_1").state is State.HEALTHY
         outage.stop("replica_1")
         outage.start("replica_1")
+        # Streaming and caught up again, so that only the dead kept connection
+        # could make this probe fail.
+        outage.wait_streaming()
+        outage.wait_replayed()
         snapshot = monitor.run_cycle()
         assert snapshot.node("replica_1").state is State.HEALTHY, snapshot.node("replica_1")
         assert ("replica_1", "healthy", "down") not in {c[:3] for c in state_changes}
