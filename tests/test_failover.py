@@ -40,9 +40,12 @@ def served_port(using: str | None = None) -> int:
 
 
 @pytest.fixture
-def slow_monitor() -> Iterator[Monitor]:
+def slow_monitor(replica_cluster: Cluster) -> Iterator[Monitor]:
     """A monitor that probes once at start and then not for a minute: whatever
-    notices a dead replica during the test is the application itself."""
+    notices a dead replica during the test is the application itself. (The
+    replicas replay the last test's writes first, or lag at that one probe
+    would keep them out of rotation.)"""
+    replica_cluster.wait_replayed()
     with override_settings(REPLICA_ROUTER={**settings.REPLICA_ROUTER, "CHECK_INTERVAL": 60.0}):
         router.db_for_read(Author)
         monitor = get_monitor()

@@ -62,11 +62,16 @@ def health(request) -> Iterator[Monitor]:
 
 
 @pytest.fixture
-def monitor_with(request) -> Iterator[Callable[..., Monitor]]:
-    """Start a monitor with settings of the test's choosing."""
+def monitor_with(replica_cluster: Cluster) -> Iterator[Callable[..., Monitor]]:
+    """Start a monitor with settings of the test's choosing.
+
+    The replicas replay the last test's writes first: with rare probes, lag at
+    the first probe would keep a replica out of rotation for the whole test.
+    """
     stack = []
 
     def start(**overrides) -> Monitor:
+        replica_cluster.wait_replayed()
         ctx = override_settings(REPLICA_ROUTER={**settings.REPLICA_ROUTER, **FAST, **overrides})
         ctx.enable()
         stack.append(ctx)

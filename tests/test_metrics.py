@@ -212,6 +212,7 @@ def test_a_killed_replica_counts_a_failover_to_its_stand_in(metrics_on, outage: 
 def test_gauges_are_the_monitor_snapshot(pause_replica, replica_cluster: Cluster):
     # Probed once when the first read starts the monitor, then only when this
     # test says so: the snapshot cannot change between the scrape and the asserts.
+    replica_cluster.wait_replayed()
     with metrics_settings(CHECK_INTERVAL=60.0):
         router.db_for_read(Author)
         monitor = get_monitor()
