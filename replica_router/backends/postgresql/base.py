@@ -70,7 +70,8 @@ class DatabaseWrapper(base.DatabaseWrapper):
             self._connecting = False
 
     def get_new_connection(self, conn_params: dict[str, Any]) -> Any:
-        self.borrowed_from = None
+        if self.borrowed_from is not None:
+            self._give_back()
         if _role(self.alias) is not _REPLICA:
             return super().get_new_connection(conn_params)
         if _known_down(self.alias):
@@ -110,7 +111,7 @@ class DatabaseWrapper(base.DatabaseWrapper):
                 if alternative != primary:
                     _report_failure(alternative, exc)
                 continue
-            self.borrowed_from = alternative
+            self._borrow(alternative)
             logger.info("replica_router: %s unavailable, reading from %s", self.alias, alternative)
             _count_failover(self.alias, alternative)
             return connection
@@ -133,19 +134,32 @@ class DatabaseWrapper(base.DatabaseWrapper):
             self._configure_connection(connection)  # type: ignore[attr-defined]
         return connection
 
-    def _cursor(self, name: str | None = None) -> Any:
-        if self.borrowed_from is not None and not self._connecting and not self.in_atomic_block:
+    # While a connection is borrowed, _cursor and _close are replaced on the
+    # instance rather than overridden in the class: an override costs every
+    # cursor and every return to the pool a call, borrowed or not.
+
+    def _borrow(self, alias: str) -> None:
+        self.borrowed_from = alias
+        self._cursor = self._borrowed_cursor
+        self._close = self._borrowed_close
+
+    def _give_back(self) -> None:
+        """Forget the borrowed connection's instance methods (not the connection)."""
+        self.borrowed_from = None
+        self.__dict__.pop("_cursor", None)
+        self.__dict__.pop("_close", None)
+
+    def _borrowed_cursor(self, name: str | None = None) -> Any:
+        if not self._connecting and not self.in_atomic_block:
             self.close()  # one cursor per borrowed connection
         return super()._cursor(name)  # type: ignore[misc]
 
-    def _close(self) -> None:
-        if self.borrowed_from is not None and self.connection is not None:
-            self.borrowed_from = None
+    def _borrowed_close(self) -> None:
+        self._give_back()
+        if self.connection is not None:
             with self.wrap_database_errors:
                 self.connection.close()
             self.connection = None
-            return
-        super()._close()  # type: ignore[misc]
 
     # -- a read whose connection broke ---------------------------------------
 
