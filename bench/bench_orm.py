@@ -14,7 +14,12 @@ single database
     thing: the gap between the two is the noise floor of the measurement.
 replicas by .using()
     no router either; ``.using()`` names the two replicas in turn: the same
-    servers as the routers below, without routing.
+    servers as the routers below, without routing. It too is timed twice, the
+    second time through other aliases of the same servers (other pools, so
+    other connections and other server processes): that gap is the noise floor
+    of comparing set-ups that use different connections, as all the ones below
+    do. It is larger than the first floor, which compares reads on the same
+    connections.
 failover engine by .using()
     the same, through our aliases: the failover engine
     (``replica_router.backends.postgresql``), no router.
@@ -72,6 +77,7 @@ from replica_router.testing.cluster import PRIMARY, Cluster  # noqa: E402
 OURS_PRIMARY = "ours_primary"
 OURS_REPLICAS = ["ours_replica_1", "ours_replica_2"]
 PLAIN_REPLICAS = ["replica_1", "replica_2"]
+PLAIN_REPLICAS_AGAIN = ["replica_1_again", "replica_2_again"]
 POOL = {"min_size": 1, "max_size": 4, "timeout": 2}
 SHAPES = {"request": "per request", "held": "held connection"}
 
@@ -97,6 +103,8 @@ def _setup() -> Cluster:
     plain, ours = "django.db.backends.postgresql", "replica_router.backends.postgresql"
     databases = {"default": database(PRIMARY, plain)}
     for i, alias in enumerate(PLAIN_REPLICAS):
+        databases[alias] = database(nodes[i % len(nodes)], plain)
+    for i, alias in enumerate(PLAIN_REPLICAS_AGAIN):
         databases[alias] = database(nodes[i % len(nodes)], plain)
     databases[OURS_PRIMARY] = database(PRIMARY, ours)
     for i, alias in enumerate(OURS_REPLICAS):
@@ -165,23 +173,36 @@ def main() -> None:
     def get_using() -> Author:
         return Author.objects.using(next(replicas)).get(pk=pk)
 
+    replicas_again = itertools.cycle(PLAIN_REPLICAS_AGAIN)
+
+    def get_using_again() -> Author:
+        return Author.objects.using(next(replicas_again)).get(pk=pk)
+
     our_replicas = itertools.cycle(OURS_REPLICAS)
 
     def get_ours_using() -> Author:
         return Author.objects.using(next(our_replicas)).get(pk=pk)
 
     site, our_site = ["default", *PLAIN_REPLICAS], [OURS_PRIMARY, *OURS_REPLICAS]
+    site_again = ["default", *PLAIN_REPLICAS_AGAIN]
     setups = [
         Setup("single database (no router)", [], ["default"], get, {"default"}),
         Setup("single database, again", [], ["default"], get, {"default"}),
         Setup("replicas by .using() (no router)", [], site, get_using, set(PLAIN_REPLICAS)),
+        Setup(
+            "replicas by .using(), again",
+            [],
+            site_again,
+            get_using_again,
+            set(PLAIN_REPLICAS_AGAIN),
+        ),
         Setup("failover engine by .using()", [], our_site, get_ours_using, set(OURS_REPLICAS)),
         Setup(
             "multidb PinningReplicaRouter", [PinningReplicaRouter()], site, get, set(PLAIN_REPLICAS)
         ),
         Setup("ReplicaRouter", [ReplicaRouter()], our_site, get, set(OURS_REPLICAS)),
     ]
-    baseline, again, using, engine, multidb, ours = setups
+    baseline, again, using, using_again, engine, multidb, ours = setups
 
     def use(setup: Setup) -> None:
         django_router.routers = setup.routers
@@ -270,6 +291,10 @@ def main() -> None:
                 ours=lambda name: name.startswith(("ReplicaRouter", "failover engine")),
             )
         print(f"  noise floor, single database vs itself: {_versus(again, baseline, shape)}")
+        print(
+            "  noise floor, replicas by .using() vs other connections to them: "
+            f"{_versus(using_again, using, shape)}"
+        )
 
     read = statistics.median(baseline.wall["request"])
     print(
