@@ -595,9 +595,19 @@ class Cluster:
         self._require_replica(name)
         if seconds < 0:
             raise ValueError(f"seconds must be >= 0, got {seconds}")
-        text = f"recovery_min_apply_delay = '{int(seconds * 1000)}ms'\n" if seconds else ""
+        milliseconds = int(seconds * 1000)
+        text = f"recovery_min_apply_delay = '{milliseconds}ms'\n" if seconds else ""
         self._write_node_file(name, "faults.conf", text)
         self.query(name, "SELECT pg_reload_conf()")
+        # The reload is asynchronous. A new session shows the setting once the
+        # postmaster has reloaded, and by then it has signalled the startup
+        # process, which reloads before it applies the next WAL record.
+        deadline = time.monotonic() + 10
+        setting = "SELECT setting FROM pg_settings WHERE name = 'recovery_min_apply_delay'"
+        while self.query(name, setting) != str(milliseconds):
+            if time.monotonic() > deadline:
+                raise ClusterError(f"{name}: recovery_min_apply_delay did not take effect")
+            time.sleep(0.02)
 
     def promote(self, name: str) -> None:
         """Promote a replica to a primary of its own, as a failover tool would."""
