@@ -294,7 +294,10 @@ class ProbeConnections:
             inherited, self._kept = self._kept, {}
             self._pid = os.getpid()
         for _, conn in inherited.values():
-            fd = conn.pgconn.socket if not conn.closed else -1
+            try:
+                fd = conn.pgconn.socket
+            except psycopg.Error:  # no socket left to share
+                fd = -1
             if fd >= 0:
                 devnull = os.open(os.devnull, os.O_RDWR)
                 try:
