@@ -69,7 +69,7 @@ bench: install
 		$(BIN)/python bench/bench_read_your_writes.py | tee docs/bench/read_your_writes.txt && \
 		$(BIN)/python bench/bench_http.py'
 	$(CLUSTER) run --dir $(CLUSTER_DIR) --replicas $(REPLICAS) -- env PYTEST_ADDOPTS="-s -k chaos" \
-		$(BIN)/pytest tests/test_chaos.py | grep '^chaos' | tee docs/bench/chaos.txt
+		$(BIN)/pytest tests/integration/test_chaos.py | grep '^chaos' | tee docs/bench/chaos.txt
 
 # Cluster, migrate, seed, gunicorn on 127.0.0.1, then a narrated tour; the site
 # keeps running until `make demo-down` (or DEMO_KEEP=0).

@@ -1,31 +1,30 @@
-"""Settings for the test suite: a real primary and its streaming replicas.
+"""Settings for the test suite.
 
-The cluster is named by REPLICA_ROUTER_CLUSTER_DIR, which ``make test`` (through
-``python -m replica_router.testing.cluster run``) sets.
+``tests/integration`` runs against a real primary and its streaming replicas,
+named by REPLICA_ROUTER_CLUSTER_DIR, which ``make test`` (through ``python -m
+replica_router.testing.cluster run``) sets. ``tests/unit`` needs no server: without
+that variable the aliases point at a port where nothing listens, and a unit test
+that tried to connect would fail.
 """
 
 from __future__ import annotations
 
 import os
 
-from django.core.exceptions import ImproperlyConfigured
-
 from replica_router.testing.cluster import Cluster
 
 _cluster_dir = os.environ.get("REPLICA_ROUTER_CLUSTER_DIR")
-if not _cluster_dir:
-    raise ImproperlyConfigured(
-        "The tests need a replicated cluster: run 'make test', or "
-        "'python -m replica_router.testing.cluster run -- pytest'."
-    )
-CLUSTER = Cluster(_cluster_dir)
+CLUSTER = Cluster(_cluster_dir) if _cluster_dir else None
+REPLICA_NAMES = CLUSTER.replicas if CLUSTER is not None else ["replica_1", "replica_2"]
+# Port 9 (discard) on loopback: nothing of ours listens there.
+_NO_SERVER_PORT = 9
 
 
 def _alias(node: str, **extra: object) -> dict[str, object]:
     return {
         "ENGINE": "replica_router.backends.postgresql",
         "HOST": "127.0.0.1",
-        "PORT": CLUSTER.port(node),
+        "PORT": CLUSTER.port(node) if CLUSTER is not None else _NO_SERVER_PORT,
         "NAME": "app",
         "USER": "postgres",
         # Loopback trust auth ignores it; it is here so that tests can prove a
@@ -36,7 +35,7 @@ def _alias(node: str, **extra: object) -> dict[str, object]:
 
 
 DATABASES = {"default": _alias("primary")}
-for _name in CLUSTER.replicas:
+for _name in REPLICA_NAMES:
     DATABASES[_name] = _alias(_name, TEST={"MIRROR": "default"})
 # One replica with persistent connections and one behind Django's native psycopg
 # pool, so both connection styles are exercised by every routing test.
@@ -46,7 +45,7 @@ DATABASES["replica_2"]["OPTIONS"] = {"pool": {"min_size": 1, "max_size": 8, "tim
 DATABASE_ROUTERS = ["replica_router.ReplicaRouter"]
 REPLICA_ROUTER = {
     "PRIMARY": "default",
-    "REPLICAS": dict.fromkeys(CLUSTER.replicas, 1),
+    "REPLICAS": dict.fromkeys(REPLICA_NAMES, 1),
 }
 
 SECRET_KEY = "tests-only-not-secret"

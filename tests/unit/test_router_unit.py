@@ -1,6 +1,6 @@
 """Routing decisions that need no database: the router does no I/O to make them.
 
-The end-to-end behaviour against real standbys is in tests/test_router.py; these
+The end-to-end behaviour against real standbys is in tests/integration/test_router.py; these
 tests pin down each rule and its edge cases quickly.
 """
 
@@ -52,7 +52,9 @@ def test_django_uses_the_router_from_its_dotted_path():
     assert django_router.db_for_write(Author) == "default"
 
 
-@override_settings(REPLICA_ROUTER={"PRIMARY": "replica_2", "REPLICAS": ["replica_1"]})
+@override_settings(
+    REPLICA_ROUTER={"PRIMARY": "replica_2", "REPLICAS": ["replica_1"], "HEALTH_CHECKS": False}
+)
 def test_custom_primary_alias(router):
     assert router.db_for_write(Author) == "replica_2"
     assert reads(router, Author, 3) == {"replica_1": 3}

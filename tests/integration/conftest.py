@@ -1,5 +1,6 @@
 from __future__ import annotations
 
+import os
 from collections.abc import Callable, Iterator
 
 import pytest
@@ -9,6 +10,19 @@ from django.db import connections
 from django.db.backends.postgresql.base import DatabaseWrapper
 
 from replica_router.testing.cluster import Cluster
+
+
+def pytest_collection_modifyitems(config, items):
+    # These tests need the real cluster; say how to get one instead of failing
+    # each test with a connection error.
+    if not os.environ.get("REPLICA_ROUTER_CLUSTER_DIR") and any(
+        "integration" in item.nodeid for item in items
+    ):
+        raise pytest.UsageError(
+            "tests/integration needs a replicated cluster: run 'make test', or "
+            "'python -m replica_router.testing.cluster run -- pytest'. "
+            "'make test-unit' runs the tests that need none."
+        )
 
 
 @pytest.fixture(scope="session", autouse=True)

@@ -15,7 +15,7 @@ from replica_router.health import NodeStatus, Snapshot, State
 from replica_router.management.commands.replica_health import Command
 from replica_router.report import POOL_FIELDS
 
-ROOT = Path(__file__).resolve().parent.parent
+ROOT = Path(__file__).resolve().parents[2]
 HEALTH = (ROOT / "docs" / "health.md").read_text()
 
 

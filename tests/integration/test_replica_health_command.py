@@ -35,7 +35,7 @@ from tests.testapp.models import Author
 ALL = ["default", "replica_1", "replica_2"]
 db = pytest.mark.django_db(databases=ALL, transaction=True)
 PASSWORD = "s3cret-pw"  # every alias's PASSWORD in tests.settings
-ROOT = Path(__file__).resolve().parent.parent
+ROOT = Path(__file__).resolve().parents[2]
 STATES = {"healthy", "lagging", "down", "ejected", "unknown"}
 LSN = re.compile(r"^[0-9A-F]+/[0-9A-F]+$")
 
