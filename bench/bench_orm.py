@@ -158,7 +158,7 @@ def main() -> None:
 
     from replica_router import ReplicaRouter
     from replica_router.conf import get_config
-    from replica_router.router import get_monitor
+    from replica_router.runtime import get_monitor
     from tests.testapp.models import Author
 
     call_command("migrate", "testapp", database="default", verbosity=0)

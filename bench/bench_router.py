@@ -93,10 +93,10 @@ def main() -> None:
     from django.db import connections
     from multidb import PinningReplicaRouter
 
-    from replica_router import ReplicaRouter, use_primary
+    from replica_router import ReplicaRouter, runtime, use_primary
     from replica_router.conf import parse_settings
-    from replica_router.health import Monitor
-    from replica_router.router import _current_routing, get_counters, get_monitor
+    from replica_router.health.monitor import Monitor
+    from replica_router.runtime import get_counters, get_monitor
 
     ours = ReplicaRouter()
     theirs = PinningReplicaRouter()
@@ -120,7 +120,7 @@ def main() -> None:
 
     # With METRICS off the router has no counters: taking them away and giving
     # them back between rounds times both cases on the same routing state.
-    routing = _current_routing()
+    routing = runtime.current or runtime.load()
     counters = get_counters()
     assert counters is not None, "METRICS is on"
 

@@ -11,8 +11,8 @@ import importlib
 from typing import TYPE_CHECKING, Any
 
 if TYPE_CHECKING:
+    from replica_router.context import causal, current_token, use_primary
     from replica_router.exceptions import NoReplicaAvailable
-    from replica_router.pinning import causal, current_token, use_primary
     from replica_router.router import ReplicaRouter
 
 __all__ = ["NoReplicaAvailable", "ReplicaRouter", "causal", "current_token", "use_primary"]
@@ -20,9 +20,9 @@ __all__ = ["NoReplicaAvailable", "ReplicaRouter", "causal", "current_token", "us
 _LAZY = {
     "NoReplicaAvailable": "replica_router.exceptions",
     "ReplicaRouter": "replica_router.router",
-    "use_primary": "replica_router.pinning",
-    "causal": "replica_router.pinning",
-    "current_token": "replica_router.pinning",
+    "use_primary": "replica_router.context",
+    "causal": "replica_router.context",
+    "current_token": "replica_router.context",
 }
 
 

@@ -19,8 +19,8 @@ from django.conf import settings
 from django.core.checks import CheckMessage, Error, Warning
 from django.utils.module_loading import import_string
 
-from replica_router.conf import SETTING_NAME, RouterConfig, parse_settings
-from replica_router.health import probe_gap
+from replica_router.conf import FAILOVER_ENGINE, SETTING_NAME, RouterConfig, parse_settings
+from replica_router.health.policy import probe_gap
 
 __all__ = [
     "ALL_CHECKS",
@@ -34,7 +34,6 @@ __all__ = [
 
 TAG: Final = "replica_router"
 
-FAILOVER_ENGINE: Final = "replica_router.backends.postgresql"
 # PostGIS is left alone: the failover engine is not a GIS backend.
 _DJANGO_POSTGRESQL_ENGINES: Final = frozenset({"django.db.backends.postgresql"})
 
@@ -45,7 +44,7 @@ _POSTGRESQL_ENGINES: Final = frozenset(
     {
         "django.db.backends.postgresql",
         "django.contrib.gis.db.backends.postgis",
-        "replica_router.backends.postgresql",
+        FAILOVER_ENGINE,
     }
 )
 
@@ -128,9 +127,20 @@ def check_databases(app_configs: Iterable[Any] | None = None, **kwargs: Any) -> 
     """E001, E002, E007, W001, W002, W005: the aliases the router uses, against DATABASES."""
     config = _config()
     databases = _databases()
+    messages = _missing_aliases(config, databases)
+    for alias in [config.primary, *config.replicas]:
+        conf = databases.get(alias)
+        if conf is not None:
+            messages += _alias_problems(alias, conf, config.primary)
+    return messages
+
+
+def _missing_aliases(
+    config: RouterConfig, databases: Mapping[str, Mapping[Any, Any]]
+) -> list[CheckMessage]:
+    """E001 and E002: PRIMARY and REPLICAS name aliases that DATABASES has."""
     messages: list[CheckMessage] = []
     primary = config.primary
-
     if primary not in databases:
         messages.append(
             Error(
@@ -151,61 +161,68 @@ def check_databases(app_configs: Iterable[Any] | None = None, **kwargs: Any) -> 
                     id="replica_router.E002",
                 )
             )
-
-    for alias in [primary, *config.replicas]:
-        conf = databases.get(alias)
-        if conf is None:
-            continue
-        options = conf.get("OPTIONS")
-        pool = options.get("pool") if isinstance(options, Mapping) else None
-        conn_max_age = conf.get("CONN_MAX_AGE", 0)
-        if pool and conn_max_age != 0:
-            messages.append(
-                Error(
-                    f"DATABASES[{alias!r}] enables OPTIONS['pool'] with CONN_MAX_AGE "
-                    f"{conn_max_age!r}; Django refuses to pool persistent connections.",
-                    hint=f"Set DATABASES[{alias!r}]['CONN_MAX_AGE'] to 0 (the pool keeps the "
-                    "connections open), or remove OPTIONS['pool'].",
-                    id="replica_router.E007",
-                )
-            )
-        engine = conf.get("ENGINE")
-        if alias != primary and engine in _DJANGO_POSTGRESQL_ENGINES:
-            messages.append(
-                Warning(
-                    f"The replica {alias!r} uses {engine!r}; a read routed to it while it "
-                    "is down fails instead of being served by another node.",
-                    hint=f"Set DATABASES[{alias!r}]['ENGINE'] to "
-                    f"{FAILOVER_ENGINE!r} (Django's backend plus read failover); "
-                    "replica_router.env.database_settings() does so.",
-                    id="replica_router.W005",
-                )
-            )
-        if _is_postgresql(engine) is False:
-            role = "primary" if alias == primary else "replica"
-            messages.append(
-                Warning(
-                    f"The {role} {alias!r} uses the engine {engine!r}, which is not PostgreSQL; "
-                    "replication lag checks and read-your-writes are unavailable for it.",
-                    hint="Use django.db.backends.postgresql (or a backend built on it), "
-                    f"or take {alias!r} out of {SETTING_NAME}.",
-                    id="replica_router.W001",
-                )
-            )
-        if alias != primary:
-            test = conf.get("TEST")
-            mirror = test.get("MIRROR") if isinstance(test, Mapping) else None
-            if mirror != primary:
-                messages.append(
-                    Warning(
-                        f"The replica {alias!r} has TEST['MIRROR'] {mirror!r}, not the "
-                        f"primary {primary!r}; tests would create a separate, empty test "
-                        "database for it instead of reading the primary's.",
-                        hint=f"Set DATABASES[{alias!r}]['TEST'] = {{'MIRROR': {primary!r}}}.",
-                        id="replica_router.W002",
-                    )
-                )
     return messages
+
+
+def _alias_problems(alias: str, conf: Mapping[Any, Any], primary: str) -> list[CheckMessage]:
+    """E007, W001, W002, W005: one alias's settings."""
+    messages: list[CheckMessage] = []
+    options = conf.get("OPTIONS")
+    pool = options.get("pool") if isinstance(options, Mapping) else None
+    conn_max_age = conf.get("CONN_MAX_AGE", 0)
+    if pool and conn_max_age != 0:
+        messages.append(
+            Error(
+                f"DATABASES[{alias!r}] enables OPTIONS['pool'] with CONN_MAX_AGE "
+                f"{conn_max_age!r}; Django refuses to pool persistent connections.",
+                hint=f"Set DATABASES[{alias!r}]['CONN_MAX_AGE'] to 0 (the pool keeps the "
+                "connections open), or remove OPTIONS['pool'].",
+                id="replica_router.E007",
+            )
+        )
+    engine = conf.get("ENGINE")
+    if alias != primary and engine in _DJANGO_POSTGRESQL_ENGINES:
+        messages.append(
+            Warning(
+                f"The replica {alias!r} uses {engine!r}; a read routed to it while it "
+                "is down fails instead of being served by another node.",
+                hint=f"Set DATABASES[{alias!r}]['ENGINE'] to "
+                f"{FAILOVER_ENGINE!r} (Django's backend plus read failover); "
+                "replica_router.env.database_settings() does so.",
+                id="replica_router.W005",
+            )
+        )
+    if _is_postgresql(engine) is False:
+        role = "primary" if alias == primary else "replica"
+        messages.append(
+            Warning(
+                f"The {role} {alias!r} uses the engine {engine!r}, which is not PostgreSQL; "
+                "replication lag checks and read-your-writes are unavailable for it.",
+                hint="Use django.db.backends.postgresql (or a backend built on it), "
+                f"or take {alias!r} out of {SETTING_NAME}.",
+                id="replica_router.W001",
+            )
+        )
+    if alias != primary:
+        messages += _mirror_problem(alias, conf, primary)
+    return messages
+
+
+def _mirror_problem(alias: str, conf: Mapping[Any, Any], primary: str) -> list[CheckMessage]:
+    """W002: a replica's test database mirrors the primary's."""
+    test = conf.get("TEST")
+    mirror = test.get("MIRROR") if isinstance(test, Mapping) else None
+    if mirror == primary:
+        return []
+    return [
+        Warning(
+            f"The replica {alias!r} has TEST['MIRROR'] {mirror!r}, not the "
+            f"primary {primary!r}; tests would create a separate, empty test "
+            "database for it instead of reading the primary's.",
+            hint=f"Set DATABASES[{alias!r}]['TEST'] = {{'MIRROR': {primary!r}}}.",
+            id="replica_router.W002",
+        )
+    ]
 
 
 def _is_postgresql(engine: object) -> bool | None:

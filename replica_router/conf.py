@@ -9,9 +9,9 @@ a string with a fixed set of values, unless it needs a parser of its own in
 :func:`parse_settings` never raises: it returns the best config it can build plus
 a list of problems, so that the system checks can report every problem at once.
 :func:`get_config` raises :class:`~replica_router.exceptions.ReplicaRouterConfigError`
-if there is any problem, and caches its result until ``override_settings`` (or
-anything else that sends ``setting_changed``) changes ``REPLICA_ROUTER`` or
-``DATABASES``.
+if there is any problem, and caches its result; :mod:`replica_router.runtime` clears
+the cache when ``override_settings`` (or anything else that sends
+``setting_changed``) changes ``REPLICA_ROUTER`` or ``DATABASES``.
 """
 
 from __future__ import annotations
@@ -27,13 +27,14 @@ from types import MappingProxyType
 from typing import Any, Final, Literal, NamedTuple
 
 from django.conf import settings
-from django.core.signals import setting_changed
 
 from replica_router.exceptions import ReplicaRouterConfigError
 
 __all__ = [
     "CHOICES",
+    "CONNECT_TIMEOUT",
     "DEFAULTS",
+    "FAILOVER_ENGINE",
     "MAX_WEIGHT",
     "ConfigProblem",
     "RouterConfig",
@@ -73,6 +74,13 @@ CHOICES: Final[Mapping[str, tuple[str, ...]]] = MappingProxyType(
 #: The largest weight a replica may have. Weights are shares, so small numbers
 #: say everything; the cap keeps one period of the schedule small.
 MAX_WEIGHT: Final = 1000
+
+#: The ENGINE of our backend: Django's PostgreSQL backend plus read failover.
+FAILOVER_ENGINE: Final = "replica_router.backends.postgresql"
+
+#: libpq's connect_timeout (its minimum is 2 s) where we choose it: a dead host
+#: then costs a connection attempt this long, not the system's TCP timeout.
+CONNECT_TIMEOUT: Final = 2
 
 # Settings whose change invalidates the cached config (and the router's state).
 WATCHED_SETTINGS: Final = frozenset({SETTING_NAME, "DATABASES"})
@@ -270,30 +278,15 @@ def _parser_for(name: str) -> Callable[[str, object], object]:
     raise AssertionError(f"No parser for {name}: add one to _PARSERS.")  # pragma: no cover
 
 
-def _parse_replicas(value: object, primary: str, problems: list[ConfigProblem]) -> dict[str, int]:
-    """Parse REPLICAS leniently: keep every valid entry, report every invalid one."""
+def _replica_items(
+    value: object, problems: list[ConfigProblem]
+) -> list[tuple[object, object]] | None:
+    """REPLICAS as (alias, weight) pairs: a dict's items, or a list's aliases with
+    weight 1 (each listed once). None, with the problem noted, for anything else."""
     name = "REPLICAS"
-    replicas: dict[str, int] = {}
     if isinstance(value, Mapping):
-        items: list[tuple[object, object]] = list(value.items())
-    elif isinstance(value, list | tuple):
-        items = []
-        seen: set[str] = set()
-        for alias in value:
-            if isinstance(alias, str) and alias in seen:
-                problems.append(
-                    ConfigProblem(
-                        "replica_router.E005",
-                        f"{_key(name)} lists {alias!r} more than once.",
-                        "List each alias once. To give a replica a bigger share of reads, "
-                        f"use a dict of weights, e.g. {{{alias!r}: 2}}.",
-                    )
-                )
-                continue
-            if isinstance(alias, str):
-                seen.add(alias)
-            items.append((alias, 1))
-    else:
+        return list(value.items())
+    if not isinstance(value, list | tuple):
         hint = (
             f"Wrap a single alias in a list: [{value!r}]."
             if isinstance(value, str)
@@ -302,41 +295,64 @@ def _parse_replicas(value: object, primary: str, problems: list[ConfigProblem]) 
         problems.append(
             _bad_value(name, value, "a dict of alias to weight, or a list of aliases", hint).problem
         )
-        return replicas
+        return None
+    items: list[tuple[object, object]] = []
+    seen: set[str] = set()
+    for alias in value:
+        if isinstance(alias, str) and alias in seen:
+            problems.append(
+                ConfigProblem(
+                    "replica_router.E005",
+                    f"{_key(name)} lists {alias!r} more than once.",
+                    "List each alias once. To give a replica a bigger share of reads, "
+                    f"use a dict of weights, e.g. {{{alias!r}: 2}}.",
+                )
+            )
+            continue
+        if isinstance(alias, str):
+            seen.add(alias)
+        items.append((alias, 1))
+    return items
 
-    for alias, weight in items:
-        if not _is_alias(alias):
-            problems.append(
-                _bad_value(
-                    name,
-                    value,
-                    "a dict of alias to weight, or a list of aliases",
-                    hint=f"Each alias must be a non-empty str; {_show(alias)} is not.",
-                ).problem
-            )
+
+def _replica_problem(
+    alias: object, weight: object, primary: str, value: object
+) -> ConfigProblem | None:
+    """What is wrong with one REPLICAS entry, or None."""
+    name = "REPLICAS"
+    if not _is_alias(alias):
+        return _bad_value(
+            name,
+            value,
+            "a dict of alias to weight, or a list of aliases",
+            hint=f"Each alias must be a non-empty str; {_show(alias)} is not.",
+        ).problem
+    if isinstance(weight, bool) or not isinstance(weight, int) or not 0 <= weight <= MAX_WEIGHT:
+        return ConfigProblem(
+            "replica_router.E004",
+            f"{_key(name)} gives {alias!r} the weight {_show(weight)}; a weight must be "
+            f"an int from 0 to {MAX_WEIGHT}.",
+            "Use 1 for an equal share, a bigger int for a bigger share, and 0 to drain a replica.",
+        )
+    if alias == primary:
+        return ConfigProblem(
+            "replica_router.E003",
+            f"{_key(name)} lists the primary {alias!r} as a replica.",
+            f"Remove {alias!r} from {_key(name)}: reads already go to the primary "
+            "when no replica can serve them (see FALLBACK).",
+        )
+    return None
+
+
+def _parse_replicas(value: object, primary: str, problems: list[ConfigProblem]) -> dict[str, int]:
+    """Parse REPLICAS leniently: keep every valid entry, report every invalid one."""
+    replicas: dict[str, int] = {}
+    for alias, weight in _replica_items(value, problems) or []:
+        problem = _replica_problem(alias, weight, primary, value)
+        if problem is not None:
+            problems.append(problem)
             continue
-        assert isinstance(alias, str)
-        if isinstance(weight, bool) or not isinstance(weight, int) or not 0 <= weight <= MAX_WEIGHT:
-            problems.append(
-                ConfigProblem(
-                    "replica_router.E004",
-                    f"{_key(name)} gives {alias!r} the weight {_show(weight)}; a weight must be "
-                    f"an int from 0 to {MAX_WEIGHT}.",
-                    "Use 1 for an equal share, a bigger int for a bigger share, "
-                    "and 0 to drain a replica.",
-                )
-            )
-            continue
-        if alias == primary:
-            problems.append(
-                ConfigProblem(
-                    "replica_router.E003",
-                    f"{_key(name)} lists the primary {alias!r} as a replica.",
-                    f"Remove {alias!r} from {_key(name)}: reads already go to the primary "
-                    "when no replica can serve them (see FALLBACK).",
-                )
-            )
-            continue
+        assert isinstance(alias, str) and isinstance(weight, int)
         replicas[alias] = weight
     return replicas
 
@@ -418,11 +434,3 @@ def get_config() -> RouterConfig:
         details = "\n".join(f"- {p.message} {p.hint} ({p.id})" for p in problems)
         raise ReplicaRouterConfigError(f"settings.{SETTING_NAME} is invalid:\n{details}")
     return config
-
-
-def _on_setting_changed(*, setting: str, **kwargs: object) -> None:
-    if setting in WATCHED_SETTINGS:
-        get_config.cache_clear()
-
-
-setting_changed.connect(_on_setting_changed, dispatch_uid="replica_router.conf")

@@ -25,7 +25,7 @@ from collections.abc import Callable
 from typing import TYPE_CHECKING, Any
 from urllib.parse import unquote, urlsplit
 
-from replica_router.conf import MAX_WEIGHT
+from replica_router.conf import CONNECT_TIMEOUT, FAILOVER_ENGINE, MAX_WEIGHT
 from replica_router.exceptions import ReplicaRouterConfigError
 
 if TYPE_CHECKING:
@@ -34,11 +34,6 @@ if TYPE_CHECKING:
 __all__ = ["database_settings"]
 
 PRIMARY_ALIAS = "default"
-#: The engine given to PostgreSQL aliases: Django's, plus read failover.
-FAILOVER_ENGINE = "replica_router.backends.postgresql"
-#: libpq's connect_timeout (its minimum is 2 s): a dead host costs a write at
-#: most this long, instead of the operating system's TCP timeout.
-CONNECT_TIMEOUT = 2
 #: How long a read waits for a pooled replica connection before failing over,
 #: instead of psycopg_pool's 30 s.
 REPLICA_POOL_TIMEOUT = 1.0

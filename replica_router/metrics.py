@@ -21,19 +21,18 @@ from __future__ import annotations
 import itertools
 import threading
 from collections.abc import Callable, Iterable, Mapping
-from typing import TYPE_CHECKING, Final
+from typing import Final
 
 from django.core.exceptions import ImproperlyConfigured
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily
 from prometheus_client.metrics_core import Metric
 from prometheus_client.registry import REGISTRY, Collector
 
-from replica_router.health import NodeStatus, State
+from replica_router.conf import get_config
+from replica_router.health.model import NodeStatus, Snapshot, State
+from replica_router.report import pool_stats
 
-if TYPE_CHECKING:
-    from replica_router.conf import RouterConfig
-
-__all__ = ["READ_REASONS", "Counters", "ReplicaRouterCollector", "counters_for", "register"]
+__all__ = ["READ_REASONS", "Counters", "ReplicaRouterCollector", "register"]
 
 #: The ``reason`` label of ``replica_router_reads_total``: why a read went where it went.
 READ_REASONS: Final = (
@@ -48,22 +47,20 @@ READ_REASONS: Final = (
 )
 
 
-def _value(count: itertools.count[int]) -> int:
-    """How many times ``next()`` was called on a count made by ``itertools.count()``.
-
-    Its repr is ``count(N)``, N being the next value; reading the repr does not
-    advance it, unlike ``next()``.
-    """
-    return int(repr(count)[6:-1])
-
-
 class _Family:
-    """The counts of one counter family: one itertools.count per set of label values."""
+    """The counts of one counter family: one itertools.count per set of label values.
 
-    __slots__ = ("_counts",)
+    A count is read with ``next()`` too, the only way its documented API has,
+    so each read adds one; the family remembers how many times it has read each
+    count and takes those off.
+    """
+
+    __slots__ = ("_counts", "_reads", "_reads_lock")
 
     def __init__(self) -> None:
         self._counts: dict[tuple[str, ...], itertools.count[int]] = {}
+        self._reads: dict[tuple[str, ...], int] = {}
+        self._reads_lock = threading.Lock()
 
     def counter(self, *labels: str) -> Callable[[], int]:
         """The ``__next__`` of the count for ``labels``, made on first use."""
@@ -73,8 +70,15 @@ class _Family:
         return count.__next__
 
     def values(self) -> list[tuple[tuple[str, ...], int]]:
+        """Each set of label values with its count so far."""
+        values = []
         # dict.copy() is one C call, so a count added meanwhile cannot break the loop.
-        return [(labels, _value(count)) for labels, count in self._counts.copy().items()]
+        with self._reads_lock:  # two scrapes at once must not both take off one read
+            for labels, count in self._counts.copy().items():
+                reads = self._reads.get(labels, 0)
+                values.append((labels, next(count) - reads))
+                self._reads[labels] = reads + 1
+        return values
 
 
 # The counts of this process. They outlive settings changes, as a Prometheus
@@ -96,30 +100,30 @@ class Counters:
     """
 
     __slots__ = (
-        "pin_honoured",
-        "pin_set",
-        "pinned",
-        "primary_only",
-        "replica",
-        "transaction",
-        "use_primary",
-        "write",
+        "pins_honoured",
+        "pins_set",
+        "reads_in_transaction",
+        "reads_on_replica",
+        "reads_pinned",
+        "reads_primary_only",
+        "reads_use_primary",
+        "writes",
     )
 
     def __init__(self, *, primary: str, replicas: Iterable[str]) -> None:
-        self.use_primary = _READS.counter(primary, "use_primary")
-        self.primary_only = _READS.counter(primary, "primary_only")
-        self.transaction = _READS.counter(primary, "transaction")
-        self.pinned = _READS.counter(primary, "pinned")
+        self.reads_use_primary = _READS.counter(primary, "use_primary")
+        self.reads_primary_only = _READS.counter(primary, "primary_only")
+        self.reads_in_transaction = _READS.counter(primary, "transaction")
+        self.reads_pinned = _READS.counter(primary, "pinned")
         #: Replica alias -> the count of reads the weighted schedule sent it.
-        self.replica: Mapping[str, Callable[[], int]] = {
+        self.reads_on_replica: Mapping[str, Callable[[], int]] = {
             alias: _READS.counter(alias, "replica") for alias in replicas
         }
-        self.write = _WRITES.counter(primary)
+        self.writes = _WRITES.counter(primary)
         #: A response carried a new pin cookie (the request wrote).
-        self.pin_set = _PINS_SET.counter()
+        self.pins_set = _PINS_SET.counter()
         #: A request came with a valid pin cookie.
-        self.pin_honoured = _PINS_HONOURED.counter()
+        self.pins_honoured = _PINS_HONOURED.counter()
 
     @staticmethod
     def read(alias: str, reason: str) -> None:
@@ -132,14 +136,14 @@ class Counters:
         _FAILOVERS.counter(from_alias, to_alias)()
 
 
-def counters_for(config: RouterConfig) -> Counters:
-    """The counters for ``config``; registers the collector if it is not yet."""
-    register()
-    return Counters(primary=config.primary, replicas=config.replicas)
-
-
 class ReplicaRouterCollector(Collector):
-    """Reports the counts, the monitor's snapshot and the pools when scraped."""
+    """Reports the counts, the monitor's snapshot and the pools when scraped.
+
+    ``snapshot()`` returns the current monitor's last snapshot, or None.
+    """
+
+    def __init__(self, *, snapshot: Callable[[], Snapshot | None]) -> None:
+        self._snapshot = snapshot
 
     def describe(self) -> Iterable[Metric]:
         # Names only: the registry checks them for clashes at registration,
@@ -147,10 +151,6 @@ class ReplicaRouterCollector(Collector):
         return list(_families().values())
 
     def collect(self) -> Iterable[Metric]:
-        from replica_router.conf import get_config
-        from replica_router.report import pool_stats
-        from replica_router.router import get_monitor
-
         try:
             config = get_config()
         except ImproperlyConfigured:  # manage.py check reports it
@@ -170,9 +170,9 @@ class ReplicaRouterCollector(Collector):
             for labels, value in family.values():
                 metric.add_metric(list(labels), value)
 
-        monitor = get_monitor()
-        if monitor is not None:
-            _add_health(families, monitor.snapshot.nodes)
+        snapshot = self._snapshot()
+        if snapshot is not None:
+            _add_health(families, snapshot.nodes)
         for alias in [config.primary, *config.replicas]:
             stats = pool_stats(alias)
             if stats is not None:
@@ -202,90 +202,113 @@ def _add_health(families: Mapping[str, Metric], nodes: Iterable[NodeStatus]) -> 
             _gauge(families, "replica_lag_bytes").add_metric([node.alias], node.lag_bytes)
 
 
+_ALIAS: Final = ("alias",)
+#: Every family: key -> (kind, name, help, labels). docs/metrics.md describes each.
+_FAMILIES: Final[Mapping[str, tuple[Callable[..., Metric], str, str, tuple[str, ...]]]] = {
+    "reads": (
+        CounterMetricFamily,
+        "replica_router_reads",
+        "Reads routed, by the alias chosen and why it was chosen.",
+        ("alias", "reason"),
+    ),
+    "writes": (
+        CounterMetricFamily,
+        "replica_router_writes",
+        "Writes routed (to the primary).",
+        _ALIAS,
+    ),
+    "pins_set": (
+        CounterMetricFamily,
+        "replica_router_pins_set",
+        "Responses that set a read-your-writes pin cookie (the request wrote).",
+        (),
+    ),
+    "pins_honoured": (
+        CounterMetricFamily,
+        "replica_router_pins_honoured",
+        "Requests that came with a valid read-your-writes pin cookie.",
+        (),
+    ),
+    "failovers": (
+        CounterMetricFamily,
+        "replica_router_failovers",
+        "Connections made to a stand-in because a replica could not give one.",
+        ("from_alias", "to_alias"),
+    ),
+    "node_state": (
+        GaugeMetricFamily,
+        "replica_router_node_state",
+        "1 for the state the health monitor gives the node, 0 for the other states.",
+        ("alias", "role", "state"),
+    ),
+    "node_in_rotation": (
+        GaugeMetricFamily,
+        "replica_router_node_in_rotation",
+        "1 when the node serves reads (the primary: when it is reachable), else 0.",
+        _ALIAS,
+    ),
+    "replica_lag_seconds": (
+        GaugeMetricFamily,
+        "replica_router_replica_lag_seconds",
+        "Replication lag in seconds, as of the last probe.",
+        _ALIAS,
+    ),
+    "replica_lag_bytes": (
+        GaugeMetricFamily,
+        "replica_router_replica_lag_bytes",
+        "Bytes of WAL the replica has yet to replay, as of the last probe.",
+        _ALIAS,
+    ),
+    "probe_rtt_seconds": (
+        GaugeMetricFamily,
+        "replica_router_probe_rtt_seconds",
+        "Round-trip of the last health probe, connecting included when it had to connect.",
+        _ALIAS,
+    ),
+    "pool_size": (
+        GaugeMetricFamily,
+        "replica_router_pool_size",
+        "Connections held by this process's pool for the alias, in use or idle.",
+        _ALIAS,
+    ),
+    "pool_idle": (
+        GaugeMetricFamily,
+        "replica_router_pool_idle",
+        "Connections idle in this process's pool for the alias.",
+        _ALIAS,
+    ),
+    "pool_waiting": (
+        GaugeMetricFamily,
+        "replica_router_pool_waiting",
+        "Requests waiting for a connection from this process's pool for the alias.",
+        _ALIAS,
+    ),
+}
+
+
 def _families() -> dict[str, Metric]:
-    """Every family, empty; docs/metrics.md describes each."""
-    counter, gauge = CounterMetricFamily, GaugeMetricFamily
-    alias = ["alias"]
-    metrics: dict[str, Metric] = {
-        "reads": counter(
-            "replica_router_reads",
-            "Reads routed, by the alias chosen and why it was chosen.",
-            labels=["alias", "reason"],
-        ),
-        "writes": counter("replica_router_writes", "Writes routed (to the primary).", labels=alias),
-        "pins_set": counter(
-            "replica_router_pins_set",
-            "Responses that set a read-your-writes pin cookie (the request wrote).",
-            labels=[],
-        ),
-        "pins_honoured": counter(
-            "replica_router_pins_honoured",
-            "Requests that came with a valid read-your-writes pin cookie.",
-            labels=[],
-        ),
-        "failovers": counter(
-            "replica_router_failovers",
-            "Connections made to a stand-in because a replica could not give one.",
-            labels=["from_alias", "to_alias"],
-        ),
-        "node_state": gauge(
-            "replica_router_node_state",
-            "1 for the state the health monitor gives the node, 0 for the other states.",
-            labels=["alias", "role", "state"],
-        ),
-        "node_in_rotation": gauge(
-            "replica_router_node_in_rotation",
-            "1 when the node serves reads (the primary: when it is reachable), else 0.",
-            labels=alias,
-        ),
-        "replica_lag_seconds": gauge(
-            "replica_router_replica_lag_seconds",
-            "Replication lag in seconds, as of the last probe.",
-            labels=alias,
-        ),
-        "replica_lag_bytes": gauge(
-            "replica_router_replica_lag_bytes",
-            "Bytes of WAL the replica has yet to replay, as of the last probe.",
-            labels=alias,
-        ),
-        "probe_rtt_seconds": gauge(
-            "replica_router_probe_rtt_seconds",
-            "Round-trip of the last health probe, connecting included when it had to connect.",
-            labels=alias,
-        ),
-        "pool_size": gauge(
-            "replica_router_pool_size",
-            "Connections held by this process's pool for the alias, in use or idle.",
-            labels=alias,
-        ),
-        "pool_idle": gauge(
-            "replica_router_pool_idle",
-            "Connections idle in this process's pool for the alias.",
-            labels=alias,
-        ),
-        "pool_waiting": gauge(
-            "replica_router_pool_waiting",
-            "Requests waiting for a connection from this process's pool for the alias.",
-            labels=alias,
-        ),
+    """Every family, empty."""
+    return {
+        key: kind(name, documentation, labels=list(labels))
+        for key, (kind, name, documentation, labels) in _FAMILIES.items()
     }
-    return metrics
 
 
 _registered: ReplicaRouterCollector | None = None
 _register_lock = threading.Lock()
 
 
-def register() -> ReplicaRouterCollector:
+def register(*, snapshot: Callable[[], Snapshot | None]) -> ReplicaRouterCollector:
     """Add the collector to prometheus-client's default ``REGISTRY``, once per process.
 
-    The router does it when it first routes with ``METRICS`` on, the app at
-    startup and the metrics view when it serves; calling it again is harmless.
+    Called through :func:`replica_router.runtime.register_metrics`: by the router
+    when it first routes with ``METRICS`` on, the app at startup and the metrics
+    view when it serves; calling it again is harmless.
     """
     global _registered
     with _register_lock:
         if _registered is None:
-            collector = ReplicaRouterCollector()
+            collector = ReplicaRouterCollector(snapshot=snapshot)
             REGISTRY.register(collector)
             _registered = collector
         return _registered

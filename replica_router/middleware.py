@@ -28,23 +28,16 @@ import logging
 import math
 from collections.abc import Awaitable, Callable
 from datetime import timedelta
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 from asgiref.sync import iscoroutinefunction, markcoroutinefunction, sync_to_async
 from django.core import signing
 from django.http import HttpRequest, HttpResponseBase
 
 from replica_router.conf import RouterConfig, get_config
-from replica_router.pinning import (
-    CausalState,
-    _causal,
-    format_lsn,
-    parse_lsn,
-    primary_insert_lsn,
-)
-
-if TYPE_CHECKING:
-    from replica_router.metrics import Counters
+from replica_router.context import CausalState, causal_state, primary_insert_lsn
+from replica_router.lsn import format_lsn, parse_lsn
+from replica_router.runtime import get_balancer, get_counters, get_monitor
 
 __all__ = ["PrimaryPinningMiddleware"]
 
@@ -57,7 +50,7 @@ def _signer() -> signing.TimestampSigner:
     return signing.TimestampSigner(salt=_SALT)
 
 
-def sign_token(value: str) -> str:
+def sign_pin(value: str) -> str:
     """The cookie value for ``value`` (``"lsn:0/3000148"`` or ``"time"``)."""
     return _signer().sign(value)
 
@@ -78,7 +71,7 @@ def read_cookie(raw: str | None, config: RouterConfig) -> CausalState | None:
         return CausalState(pinned=True)
     if kind == "lsn" and config.read_your_writes == "lsn":
         try:
-            return CausalState(token=parse_lsn(lsn))
+            return CausalState(min_lsn=parse_lsn(lsn))
         except ValueError:
             logger.debug("replica_router: ignoring a malformed pin cookie")
             return None
@@ -110,12 +103,12 @@ class PrimaryPinningMiddleware:
         if config.read_your_writes == "off":
             return self.get_response(request)
         state = self._begin(request, config)
-        reset = _causal.set(state)
+        reset = causal_state.set(state)
         try:
             response: HttpResponseBase = self.get_response(request)  # type: ignore[assignment]
             lsn = primary_insert_lsn() if state.wrote and config.read_your_writes == "lsn" else None
         finally:
-            _causal.reset(reset)
+            causal_state.reset(reset)
         self._finish(request, response, state, lsn, config)
         return response
 
@@ -124,14 +117,14 @@ class PrimaryPinningMiddleware:
         if config.read_your_writes == "off":
             return await self.get_response(request)  # type: ignore[no-any-return,misc]
         state = self._begin(request, config)
-        reset = _causal.set(state)
+        reset = causal_state.set(state)
         try:
             response: HttpResponseBase = await self.get_response(request)  # type: ignore[misc]
             lsn = None
             if state.wrote and config.read_your_writes == "lsn":
                 lsn = await sync_to_async(primary_insert_lsn)()
         finally:
-            _causal.reset(reset)
+            causal_state.reset(reset)
         self._finish(request, response, state, lsn, config)
         return response
 
@@ -139,8 +132,8 @@ class PrimaryPinningMiddleware:
         state = read_cookie(request.COOKIES.get(config.cookie_name), config)
         if state is None:
             return CausalState()
-        if config.metrics and (counters := _counters()) is not None:
-            counters.pin_honoured()
+        if config.metrics and (counters := get_counters()) is not None:
+            counters.pins_honoured()
         return state
 
     def _finish(
@@ -156,33 +149,25 @@ class PrimaryPinningMiddleware:
             value = f"lsn:{format_lsn(lsn)}" if lsn is not None else "time"
             response.set_cookie(
                 name,
-                sign_token(value),
+                sign_pin(value),
                 max_age=math.ceil(config.pin_seconds),
                 httponly=True,
                 samesite="Lax",
                 secure=request.is_secure(),
             )
-            if config.metrics and (counters := _counters()) is not None:
-                counters.pin_set()
-        elif state.token is not None and name in request.COOKIES and _all_replayed(state):
+            if config.metrics and (counters := get_counters()) is not None:
+                counters.pins_set()
+        elif state.min_lsn is not None and name in request.COOKIES and _all_replayed(state):
             response.delete_cookie(name, samesite="Lax")
 
 
-def _counters() -> Counters | None:
-    from replica_router.router import get_counters
-
-    return get_counters()
-
-
 def _all_replayed(state: CausalState) -> bool:
-    """Whether every replica in rotation has replayed the state's token."""
-    from replica_router.router import get_balancer, get_monitor
-
-    token = state.token
-    assert token is not None
+    """Whether every replica in rotation has replayed the state's ``min_lsn``."""
+    min_lsn = state.min_lsn
+    assert min_lsn is not None
     monitor = get_monitor()
     positions = monitor.replay_positions if monitor is not None else {}
     rotation = [alias for alias, weight in get_balancer().weights.items() if weight > 0]
     return bool(rotation) and all(
-        state.checked.get(alias) or positions.get(alias, -1) >= token for alias in rotation
+        state.checked.get(alias) or positions.get(alias, -1) >= min_lsn for alias in rotation
     )

@@ -1,6 +1,6 @@
 """What ``manage.py replica_health`` and the health view report about a snapshot.
 
-Both serve :meth:`Snapshot.as_dict <replica_router.health.Snapshot.as_dict>`;
+Both serve :meth:`Snapshot.as_dict <replica_router.health.model.Snapshot.as_dict>`;
 with topology, each node also gets ``pool``: the statistics of the psycopg pool
 that Django keeps for that alias in *this* process, or None when this process
 has none. Reading them is an in-memory lookup; it never opens a connection.
@@ -12,7 +12,7 @@ from __future__ import annotations
 from collections.abc import Mapping
 from typing import Any
 
-from replica_router.health import Snapshot
+from replica_router.health.model import Snapshot
 
 __all__ = ["POOL_FIELDS", "health_document", "pool_stats"]
 

@@ -2,7 +2,7 @@
 
 ``replica_state_changed(sender, alias, old_state, new_state, reason)``
     Sent by the health monitor each time a node changes state. ``sender`` is
-    :class:`replica_router.health.Monitor`; the states are the strings
+    :class:`replica_router.health.monitor.Monitor`; the states are the strings
     ``"unknown"``, ``"healthy"``, ``"lagging"``, ``"down"`` and ``"ejected"``;
     ``reason`` says why, in words (never a password). Receivers run in the
     monitor's thread, or in the thread whose failed connection took the replica

@@ -23,9 +23,9 @@ from django.http import HttpRequest, HttpResponse, JsonResponse
 from django.views.decorators.http import require_safe
 
 from replica_router.conf import get_config
-from replica_router.pinning import use_primary
+from replica_router.context import use_primary
 from replica_router.report import health_document
-from replica_router.router import get_monitor
+from replica_router.runtime import get_monitor, register_metrics
 
 __all__ = ["metrics", "replica_health"]
 
@@ -84,9 +84,7 @@ def metrics(request: HttpRequest) -> HttpResponse:
             "pip install 'django-replica-router[metrics]'."
         ) from None
     if get_config().metrics:
-        from replica_router.metrics import register
-
-        register()  # so that a scrape before the first query sees them too
+        register_metrics()  # so that a scrape before the first query sees them too
     response = HttpResponse(generate_latest(), content_type=CONTENT_TYPE_LATEST)
     response["Cache-Control"] = "no-store"
     return response

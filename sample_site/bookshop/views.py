@@ -25,7 +25,7 @@ from bookshop import readstats
 from bookshop.forms import BookForm, ReviewForm
 from bookshop.models import Author, Book, Review
 from replica_router import use_primary
-from replica_router.router import get_monitor
+from replica_router.runtime import get_monitor
 
 
 def _with_ratings(books: Iterable[Book]) -> list[Book]:

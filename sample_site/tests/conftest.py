@@ -12,7 +12,7 @@ def _quiet_before_test_databases_are_dropped(django_db_setup):
     database that has a session in it.
     """
     yield
-    from replica_router.router import get_monitor
+    from replica_router.runtime import get_monitor
 
     monitor = get_monitor()
     if monitor is not None:

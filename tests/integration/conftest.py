@@ -33,10 +33,10 @@ def _quiet_before_test_databases_are_dropped(django_db_setup):
     database that has a session in it.
     """
     yield
-    from replica_router.router import _routing
+    from replica_router import runtime
 
-    if _routing is not None and _routing.monitor is not None:
-        _routing.monitor.stop()
+    if runtime.current is not None and runtime.current.monitor is not None:
+        runtime.current.monitor.stop()
     connections.close_all()
 
 

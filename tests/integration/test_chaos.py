@@ -19,7 +19,7 @@ from django.db import connections, router
 from django.db.models.expressions import RawSQL
 from django.test import override_settings
 
-from replica_router.router import get_monitor
+from replica_router.runtime import get_monitor
 from replica_router.testing.cluster import PRIMARY, Cluster
 from tests.testapp.models import Author
 

@@ -20,8 +20,9 @@ from django.db.models.expressions import RawSQL
 from django.test import override_settings
 
 from replica_router.backends.postgresql.base import DatabaseWrapper
-from replica_router.health import Monitor, State
-from replica_router.router import get_monitor
+from replica_router.health import State
+from replica_router.health.monitor import Monitor
+from replica_router.runtime import get_monitor
 from replica_router.testing.cluster import PRIMARY, Cluster
 from tests.factories import AuthorFactory
 from tests.polling import wait_for

@@ -26,8 +26,9 @@ from django.test import override_settings
 
 from replica_router import NoReplicaAvailable
 from replica_router.conf import parse_settings
-from replica_router.health import Monitor, Snapshot, State
-from replica_router.router import get_monitor
+from replica_router.health import Snapshot, State
+from replica_router.health.monitor import Monitor
+from replica_router.runtime import get_monitor
 from replica_router.signals import replica_state_changed
 from replica_router.testing.cluster import PRIMARY, Cluster
 from tests.factories import AuthorFactory
@@ -512,7 +513,7 @@ def test_a_monitor_in_an_exiting_process_stops_without_an_error(replica_cluster:
         import concurrent.futures.thread, logging, time
         logging.basicConfig(level=logging.ERROR)
         from replica_router.conf import parse_settings
-        from replica_router.health import Monitor
+        from replica_router.health.monitor import Monitor
 
         config, _ = parse_settings({{"REPLICAS": ["replica_1"], "CHECK_INTERVAL": 0.02}})
         ports = {ports!r}

@@ -30,7 +30,7 @@ from replica_router.conf import get_config
 from replica_router.exceptions import ReplicaRouterConfigError
 from replica_router.health import State
 from replica_router.report import pool_stats
-from replica_router.router import get_counters, get_monitor
+from replica_router.runtime import get_counters, get_monitor
 from replica_router.testing.cluster import Cluster
 from tests.factories import AuthorFactory
 from tests.polling import wait_for
@@ -271,7 +271,10 @@ def test_the_metrics_view_serves_every_family_in_the_text_format(metrics_on, aut
     assert response["Cache-Control"] == "no-store"
 
     families = {f.name: f for f in text_string_to_metric_families(response.content.decode())}
-    expected = {f.name: f.type for f in router_metrics.ReplicaRouterCollector().describe()}
+    expected = {
+        f.name: f.type
+        for f in router_metrics.ReplicaRouterCollector(snapshot=lambda: None).describe()
+    }
     assert {name: families[name].type for name in expected} == expected
     reads = {
         (s.labels["alias"], s.labels["reason"]): s.value
@@ -374,7 +377,7 @@ def test_every_metric_and_reason_is_documented():
     from pathlib import Path
 
     text = (Path(__file__).resolve().parents[2] / "docs" / "metrics.md").read_text()
-    families = list(router_metrics.ReplicaRouterCollector().describe())
+    families = list(router_metrics.ReplicaRouterCollector(snapshot=lambda: None).describe())
     assert families
     for family in families:
         exposed = f"{family.name}_total" if family.type == "counter" else family.name

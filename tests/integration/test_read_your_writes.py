@@ -21,9 +21,10 @@ from django.contrib.auth.models import User
 from django.core import signing
 from django.db import connections, router
 from django.test import AsyncClient, Client, override_settings
+from psycopg import sql
 
 from replica_router import causal, current_token
-from replica_router.middleware import sign_token
+from replica_router.middleware import sign_pin
 from replica_router.testing.cluster import Cluster
 from tests.factories import AuthorFactory
 from tests.testapp.models import Author
@@ -188,16 +189,16 @@ def _lagging_read_with_cookie(raw_cookie: str, replica_cluster: Cluster, pause_r
 @db
 def test_a_valid_cookie_pins_while_replicas_lag(replica_cluster: Cluster, pause_replica):
     with configured("lsn"):
-        token = sign_token("lsn:FF/FFFFFFFF")  # far ahead of any replica
+        token = sign_pin("lsn:FF/FFFFFFFF")  # far ahead of any replica
         assert _lagging_read_with_cookie(token, replica_cluster, pause_replica) == "default"
 
 
 @pytest.mark.parametrize(
     "make_cookie",
     [
-        pytest.param(lambda: sign_token("lsn:FF/FFFFFFFF")[:-1] + "x", id="tampered"),
+        pytest.param(lambda: sign_pin("lsn:FF/FFFFFFFF")[:-1] + "x", id="tampered"),
         pytest.param(lambda: "lsn:FF/FFFFFFFF", id="unsigned"),
-        pytest.param(lambda: sign_token("lsn:not-an-lsn"), id="malformed"),
+        pytest.param(lambda: sign_pin("lsn:not-an-lsn"), id="malformed"),
         pytest.param(lambda: "\x00garbage;;", id="garbage"),
     ],
 )
@@ -213,7 +214,7 @@ def test_a_cookie_signed_with_another_secret_key_is_ignored(
     replica_cluster: Cluster, pause_replica
 ):
     with override_settings(SECRET_KEY="someone-else's-key"):
-        foreign = sign_token("lsn:FF/FFFFFFFF")
+        foreign = sign_pin("lsn:FF/FFFFFFFF")
     with configured("lsn"):
         served = _lagging_read_with_cookie(foreign, replica_cluster, pause_replica)
     assert served == "stale"
@@ -361,10 +362,23 @@ def test_a_primary_on_our_engine_notes_writes_without_a_connection_hook():
 
 
 @db
+def test_a_write_composed_with_psycopg_sql_pins_the_request():
+    """Raw SQL built with ``psycopg.sql`` is a write too: its later reads must
+    not go to a replica that may not have it yet."""
+    insert = sql.SQL("INSERT INTO {} (name) VALUES ({})").format(
+        sql.Identifier("testapp_author"), sql.Literal("composed")
+    )
+    with causal() as state, connections["default"].cursor() as cursor:
+        cursor.execute(insert)
+        assert state.wrote
+        assert router.db_for_read(Author) == "default"
+
+
+@db
 def test_a_primary_on_djangos_engine_gets_the_write_detector(monkeypatch):
     from django.db.utils import load_backend
 
-    from replica_router.pinning import detect_writes, hook_write_detector
+    from replica_router.writes import detect_writes, hook_write_detector
 
     stock = "django.db.backends.postgresql"
     monkeypatch.setitem(settings.DATABASES["default"], "ENGINE", stock)

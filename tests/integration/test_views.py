@@ -23,7 +23,7 @@ from django.db.backends.postgresql.base import DatabaseWrapper
 from django.db.backends.signals import connection_created
 from django.test import AsyncClient, override_settings
 
-from replica_router.router import get_monitor
+from replica_router.runtime import get_monitor
 from replica_router.testing.cluster import PRIMARY, Cluster
 from tests.testapp.models import Author
 

@@ -13,7 +13,7 @@ import threading
 import pytest
 
 from replica_router import use_primary
-from replica_router.pinning import UsePrimary, primary_forced
+from replica_router.context import UsePrimary, primary_forced
 
 
 def test_default_is_not_forced():

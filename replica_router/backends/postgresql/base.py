@@ -23,7 +23,6 @@ health monitor puts it back in rotation.
 
 from __future__ import annotations
 
-import functools
 import logging
 from collections.abc import Callable
 from typing import Any
@@ -33,23 +32,21 @@ from django.db import OperationalError
 from django.db.backends import utils
 from django.db.backends.postgresql import base
 from django.dispatch import receiver
-from django.test.signals import setting_changed
 
-from replica_router.conf import WATCHED_SETTINGS, get_config
-from replica_router.pinning import is_write, note_write
-from replica_router.router import alternative_for, get_counters, get_monitor
+from replica_router.conf import CONNECT_TIMEOUT, get_config
+from replica_router.router import alternative_for
+from replica_router.runtime import PRIMARY, REPLICA, get_counters, get_monitor, role_of
 from replica_router.signals import replica_state_changed
+from replica_router.writes import is_plain_read, note_if_write
 
 __all__ = ["DatabaseWrapper"]
 
 logger = logging.getLogger("replica_router")
 
-_LOCKING = ("FOR UPDATE", "FOR NO KEY UPDATE", "FOR SHARE", "FOR KEY SHARE")
-
 
 class DatabaseWrapper(base.DatabaseWrapper):
     #: The primary's cursors note writes for read-your-writes themselves, so
-    #: the app need not hook ``connection_created`` (see ``pinning``).
+    #: the app need not hook ``connection_created`` (see ``writes``).
     notes_writes = True
 
     def __init__(self, *args: Any, **kwargs: Any) -> None:
@@ -72,7 +69,7 @@ class DatabaseWrapper(base.DatabaseWrapper):
     def get_new_connection(self, conn_params: dict[str, Any]) -> Any:
         if self.borrowed_from is not None:
             self._give_back()
-        if _role(self.alias) is not _REPLICA:
+        if role_of(self.alias) is not REPLICA:
             return super().get_new_connection(conn_params)
         if _known_down(self.alias):
             # Raced with the monitor: do not wait on a server known to be dead.
@@ -123,7 +120,7 @@ class DatabaseWrapper(base.DatabaseWrapper):
         from django.db import connections
 
         params = connections.create_connection(alias).get_connection_params()
-        params.setdefault("connect_timeout", 2)
+        params.setdefault("connect_timeout", CONNECT_TIMEOUT)
         if self.pool:
             # As Django does for pooled connections; it sets autocommit later.
             params["autocommit"] = True
@@ -167,18 +164,18 @@ class DatabaseWrapper(base.DatabaseWrapper):
     # note writes. Cursor classes rather than execute wrappers: Django's
     # wrapper machinery costs every query a few microseconds.
     def make_cursor(self, cursor: Any) -> Any:
-        role = _role(self.alias)
-        if role is _REPLICA:
+        role = role_of(self.alias)
+        if role is REPLICA:
             return _RetryingCursorWrapper(cursor, self)
-        if role is _PRIMARY:
+        if role is PRIMARY:
             return _WriteNotingCursorWrapper(cursor, self)
         return super().make_cursor(cursor)
 
     def make_debug_cursor(self, cursor: Any) -> Any:
-        role = _role(self.alias)
-        if role is _REPLICA:
+        role = role_of(self.alias)
+        if role is REPLICA:
             return _RetryingCursorDebugWrapper(cursor, self)
-        if role is _PRIMARY:
+        if role is PRIMARY:
             return _WriteNotingCursorDebugWrapper(cursor, self)
         return super().make_debug_cursor(cursor)
 
@@ -198,16 +195,11 @@ class DatabaseWrapper(base.DatabaseWrapper):
     def _may_retry(self, sql: Any, many: bool, cursor_wrapper: Any) -> bool:
         if many or self.in_atomic_block or not self.get_autocommit():
             return False
-        if _role(self.alias) is not _REPLICA or getattr(cursor_wrapper.cursor, "name", None):
+        if role_of(self.alias) is not REPLICA or getattr(cursor_wrapper.cursor, "name", None):
             return False
         if self.connection is not None and not (self.connection.closed or self.connection.broken):
             return False  # the server answered with an error; running it again won't help
-        text = sql if isinstance(sql, str) else str(sql)
-        head = text.lstrip(" \t\r\n(").split(None, 1)
-        if not head or head[0].upper() not in ("SELECT", "WITH") or is_write(text):
-            return False
-        upper = text.upper()
-        return not any(lock in upper for lock in _LOCKING)
+        return is_plain_read(sql)
 
 
 # Django's CursorDebugWrapper shares CursorWrapper's _execute; calling it
@@ -241,18 +233,16 @@ class _RetryingCursorDebugWrapper(_RetryMixin, utils.CursorDebugWrapper):
 
 
 class _WriteNotingMixin:
-    """``_execute`` and ``_executemany`` that note a write (see ``pinning.note_write``)."""
+    """``_execute`` and ``_executemany`` that note a write (see ``writes.note_if_write``)."""
 
     def _execute(self, sql: Any, params: Any, *ignored_wrapper_args: Any) -> Any:
         result = _django_execute(self, sql, params, *ignored_wrapper_args)
-        if is_write(sql):
-            note_write()
+        note_if_write(sql)
         return result
 
     def _executemany(self, sql: Any, param_list: Any, *ignored_wrapper_args: Any) -> Any:
         result = _django_executemany(self, sql, param_list, *ignored_wrapper_args)
-        if is_write(sql):
-            note_write()
+        note_if_write(sql)
         return result
 
 
@@ -262,28 +252,6 @@ class _WriteNotingCursorWrapper(_WriteNotingMixin, utils.CursorWrapper):
 
 class _WriteNotingCursorDebugWrapper(_WriteNotingMixin, utils.CursorDebugWrapper):
     pass
-
-
-_PRIMARY, _REPLICA = "primary", "replica"
-
-
-# Asked on every checkout and every cursor, so cached; settings changes clear it.
-@functools.cache
-def _role(alias: str) -> str | None:
-    """``_PRIMARY``, ``_REPLICA`` or None: what the router makes of an alias."""
-    try:
-        config = get_config()
-    except Exception:  # misconfigured: the system checks say so
-        return None
-    if alias == config.primary:
-        return _PRIMARY
-    return _REPLICA if alias in config.replicas else None
-
-
-@receiver(setting_changed, dispatch_uid="replica_router.backends.role")
-def _forget_roles(*, setting: str, **kwargs: Any) -> None:
-    if setting in WATCHED_SETTINGS:
-        _role.cache_clear()
 
 
 def _primary() -> str:

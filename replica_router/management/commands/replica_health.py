@@ -1,6 +1,6 @@
 """``manage.py replica_health``: probe the primary and every replica now, and report.
 
-The command probes live, with a :class:`~replica_router.health.Monitor` of its
+The command probes live, with a :class:`~replica_router.health.monitor.Monitor` of its
 own and connections of its own: it does not depend on, or talk to, the monitor
 of any running server. See docs/health.md for the columns, the JSON schema and
 the exit statuses.
@@ -20,7 +20,8 @@ from django.core.management.base import BaseCommand, CommandError, CommandParser
 
 from replica_router.conf import get_config
 from replica_router.exceptions import ReplicaRouterConfigError
-from replica_router.health import Monitor, NodeStatus, Snapshot, State
+from replica_router.health.model import NodeStatus, Snapshot, State
+from replica_router.health.monitor import Monitor
 from replica_router.report import health_document, pool_stats
 
 #: The table's columns, in order.

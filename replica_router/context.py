@@ -1,4 +1,11 @@
-"""Per-request routing state, kept in context variables.
+"""The request context: where the reads of the code running now must go.
+
+Two things travel with the code that runs, in context variables:
+
+* :func:`use_primary` forces reads to the primary for a block or a function;
+* a :class:`CausalState` (set by the pinning middleware for a request, or by
+  :class:`causal` for a block or a job) says what the reads must see: this
+  context's own writes, or the write a causality token stands for.
 
 A context variable, unlike a ``threading.local``, is private to each asyncio
 task as well as each thread, and ``var.reset(token)`` restores exactly the value
@@ -9,32 +16,40 @@ from __future__ import annotations
 
 import functools
 import inspect
-import re
 from collections.abc import Callable
 from contextvars import ContextVar, Token
 from types import TracebackType
-from typing import Any, Final, TypeVar, cast, overload
+from typing import Any, TypeVar, cast, overload
 
 from asgiref.sync import iscoroutinefunction
+from django.db import connections
+
+from replica_router.conf import get_config
+from replica_router.lsn import INSERT_LSN, format_lsn, parse_lsn, query_lsn
 
 __all__ = [
     "CausalState",
     "UsePrimary",
     "causal",
+    "causal_state",
     "current_token",
+    "forced_primary",
+    "note_write",
     "primary_forced",
+    "primary_insert_lsn",
     "use_primary",
 ]
 
-# The router reads this directly (``_forced.get()`` is a C call) on every read.
-_forced: ContextVar[bool] = ContextVar("replica_router.primary_forced", default=False)
+#: True under :func:`use_primary`. The router reads it on every read
+#: (``forced_primary.get()`` is one C call).
+forced_primary: ContextVar[bool] = ContextVar("replica_router.primary_forced", default=False)
 
 _F = TypeVar("_F", bound=Callable[..., Any])
 
 
 def primary_forced() -> bool:
     """Return True while the current code runs under :func:`use_primary`."""
-    return _forced.get()
+    return forced_primary.get()
 
 
 class UsePrimary:
@@ -45,18 +60,18 @@ class UsePrimary:
     state afresh on every call, so recursive and concurrent calls are safe.
     """
 
-    __slots__ = ("_token",)
+    __slots__ = ("_reset",)
 
     def __init__(self) -> None:
-        self._token: Token[bool] | None = None
+        self._reset: Token[bool] | None = None
 
     def __enter__(self) -> None:
-        if self._token is not None:
+        if self._reset is not None:
             raise RuntimeError(
                 "This use_primary() block is already active; call use_primary() again "
                 "for a nested or concurrent block."
             )
-        self._token = _forced.set(True)
+        self._reset = forced_primary.set(True)
 
     def __exit__(
         self,
@@ -64,9 +79,9 @@ class UsePrimary:
         exc: BaseException | None,
         tb: TracebackType | None,
     ) -> None:
-        token, self._token = self._token, None
-        if token is not None:
-            _forced.reset(token)
+        reset, self._reset = self._reset, None
+        if reset is not None:
+            forced_primary.reset(reset)
 
     def __call__(self, func: _F) -> _F:
         return _decorate(func)
@@ -91,21 +106,21 @@ def _decorate(func: _F) -> _F:
         @functools.wraps(func)
         async def async_wrapper(*args: Any, **kwargs: Any) -> Any:
             # Set inside the coroutine, so it lands in the running task's context.
-            token = _forced.set(True)
+            reset = forced_primary.set(True)
             try:
                 return await func(*args, **kwargs)
             finally:
-                _forced.reset(token)
+                forced_primary.reset(reset)
 
         return cast(_F, async_wrapper)
 
     @functools.wraps(func)
     def wrapper(*args: Any, **kwargs: Any) -> Any:
-        token = _forced.set(True)
+        reset = forced_primary.set(True)
         try:
             return func(*args, **kwargs)
         finally:
-            _forced.reset(token)
+            forced_primary.reset(reset)
 
     return cast(_F, wrapper)
 
@@ -142,88 +157,39 @@ class CausalState:
     the async middleware that owns the request.
     """
 
-    __slots__ = ("checked", "pinned", "token", "wrote")
+    __slots__ = ("checked", "min_lsn", "pinned", "wrote")
 
-    def __init__(self, *, token: int | None = None, pinned: bool = False) -> None:
+    def __init__(self, *, min_lsn: int | None = None, pinned: bool = False) -> None:
         #: This request wrote on the primary: its later reads go there too.
         self.wrote = False
         #: The WAL position a replica must have replayed to serve these reads.
-        self.token = token
+        self.min_lsn = min_lsn
         #: "time" mode: a write happened less than PIN_SECONDS ago.
         self.pinned = pinned
-        #: Replicas known to have replayed ``token``, and those known not to.
+        #: Replicas known to have replayed ``min_lsn``, and those known not to.
         self.checked: dict[str, bool] = {}
 
 
-_causal: ContextVar[CausalState | None] = ContextVar("replica_router.causal", default=None)
+#: The causal state of the running request or ``causal()`` block, if any.
+causal_state: ContextVar[CausalState | None] = ContextVar("replica_router.causal", default=None)
 # Outside any request or causal() block: did this context write?
 _wrote_outside: ContextVar[bool] = ContextVar("replica_router.wrote", default=False)
-
-# Statements that change data or schema. SELECT ... FOR UPDATE locks but does
-# not write, and a SELECT calling a writing function is not detected.
-_WRITE_KEYWORDS: Final = frozenset(
-    {
-        "INSERT", "UPDATE", "DELETE", "MERGE", "CREATE", "ALTER", "DROP", "TRUNCATE",
-        "GRANT", "REVOKE", "COMMENT", "COPY", "REINDEX", "CLUSTER", "REFRESH",
-    }
-)  # fmt: skip
-_CTE_WRITE = re.compile(r"\b(INSERT|UPDATE|DELETE|MERGE)\b", re.IGNORECASE)
-
-
-def is_write(sql: object) -> bool:
-    """Whether a statement writes (by its leading keyword, or a writing CTE)."""
-    text = sql if isinstance(sql, str) else str(sql)
-    head = text.lstrip(" \t\r\n(").split(None, 1)
-    if not head:
-        return False
-    keyword = head[0].upper()
-    if keyword in _WRITE_KEYWORDS:
-        return True
-    return keyword == "WITH" and _CTE_WRITE.search(text) is not None
 
 
 def note_write() -> None:
     """Record that the current context wrote on the primary."""
-    state = _causal.get()
+    state = causal_state.get()
     if state is not None:
         state.wrote = True
     else:
         _wrote_outside.set(True)
 
 
-def detect_writes(
-    execute: Callable[..., Any], sql: Any, params: Any, many: bool, context: Any
-) -> Any:
-    """An execute wrapper for the primary's connections: note each real write."""
-    result = execute(sql, params, many, context)
-    if is_write(sql):
-        note_write()
-    return result
-
-
-def format_lsn(lsn: int) -> str:
-    """``0x3000148`` -> ``"0/3000148"``, as PostgreSQL prints a WAL position."""
-    return f"{lsn >> 32:X}/{lsn & 0xFFFFFFFF:X}"
-
-
-def parse_lsn(text: str) -> int:
-    """``"0/3000148"`` -> ``0x3000148``; ValueError on anything else."""
-    high, sep, low = text.strip().partition("/")
-    if not sep or not high or not low or len(high) > 8 or len(low) > 8:
-        raise ValueError(f"not a WAL position: {text!r}")
-    return (int(high, 16) << 32) | int(low, 16)
-
-
 def primary_insert_lsn() -> int:
     """The primary's WAL insert position now, through Django's connection."""
-    from django.db import connections
-
-    from replica_router.conf import get_config
-
-    with connections[get_config().primary].cursor() as cursor:
-        cursor.execute("SELECT pg_wal_lsn_diff(pg_current_wal_insert_lsn(), '0/0')::bigint")
-        row = cursor.fetchone()
-    return int(row[0])
+    lsn = query_lsn(connections[get_config().primary], INSERT_LSN)
+    assert lsn is not None  # a primary always has one
+    return lsn
 
 
 def current_token() -> str | None:
@@ -233,7 +199,7 @@ def current_token() -> str | None:
     there inside ``with causal(token):``, so those reads see this write. It is a
     WAL position such as ``"0/3000148"``, not a secret.
     """
-    state = _causal.get()
+    state = causal_state.get()
     wrote = state.wrote if state is not None else _wrote_outside.get()
     if not wrote:
         return None
@@ -248,24 +214,24 @@ class causal:  # noqa: N801 - used like a function, as ``with causal(token):``
     primary. ``causal(None)`` only does the latter. Usable as a decorator too.
     """
 
-    __slots__ = ("_reset", "_token")
+    __slots__ = ("_min_lsn", "_reset")
 
     def __init__(self, token: str | None = None) -> None:
-        self._token = None if token is None else parse_lsn(token)
+        self._min_lsn = None if token is None else parse_lsn(token)
         self._reset: Token[CausalState | None] | None = None
 
     def __enter__(self) -> CausalState:
-        state = CausalState(token=self._token)
-        self._reset = _causal.set(state)
+        state = CausalState(min_lsn=self._min_lsn)
+        self._reset = causal_state.set(state)
         return state
 
     def __exit__(self, *exc: object) -> None:
         if self._reset is not None:
-            _causal.reset(self._reset)
+            causal_state.reset(self._reset)
             self._reset = None
 
     def __call__(self, func: _F) -> _F:
-        token = None if self._token is None else format_lsn(self._token)
+        token = None if self._min_lsn is None else format_lsn(self._min_lsn)
 
         if iscoroutinefunction(func):
 
@@ -282,64 +248,3 @@ class causal:  # noqa: N801 - used like a function, as ``with causal(token):``
                 return func(*args, **kwargs)
 
         return cast(_F, wrapper)
-
-
-def install_write_detector(connection: Any, **kwargs: Any) -> None:
-    """Add :func:`detect_writes` to a connection of the primary, once.
-
-    For primaries on Django's own engine; ``replica_router.backends.postgresql``
-    notes writes in its cursors instead. Connected to ``connection_created``
-    by :func:`hook_write_detector`; the wrapper list belongs to Django's
-    connection object and survives reconnects, hence the membership test.
-    """
-    from replica_router.conf import get_config
-
-    if getattr(connection, "notes_writes", False):
-        return
-    try:
-        primary = get_config().primary
-    except Exception:  # misconfigured: the system checks say so
-        return
-    if connection.alias == primary and detect_writes not in connection.execute_wrappers:
-        connection.execute_wrappers.append(detect_writes)
-
-
-def hook_write_detector(**kwargs: Any) -> bool:
-    """Connect :func:`install_write_detector` to ``connection_created`` if it is needed.
-
-    It is needed unless the primary's engine notes writes itself. Any receiver
-    of that signal costs every connection (each checkout from a pool) a
-    dispatch of a few microseconds, so it is connected only when it is needed.
-    Called when the app is ready and when the settings change. Returns whether
-    it is connected.
-    """
-    from django.db import connections
-    from django.db.backends.signals import connection_created
-
-    from replica_router.conf import WATCHED_SETTINGS
-
-    setting = kwargs.get("setting")
-    if setting is not None and setting not in WATCHED_SETTINGS:
-        return False
-    uid = "replica_router.install_write_detector"
-    if _primary_notes_writes():
-        connection_created.disconnect(dispatch_uid=uid)
-        return False
-    connection_created.connect(install_write_detector, dispatch_uid=uid)
-    for connection in connections.all(initialized_only=True):
-        install_write_detector(connection)
-    return True
-
-
-def _primary_notes_writes() -> bool:
-    from django.conf import settings
-    from django.db.utils import load_backend
-
-    from replica_router.conf import get_config
-
-    try:
-        engine = settings.DATABASES[get_config().primary]["ENGINE"]
-        wrapper_class = load_backend(engine).DatabaseWrapper
-    except Exception:  # misconfigured: the system checks say so
-        return False
-    return bool(getattr(wrapper_class, "notes_writes", False))

@@ -1,0 +1,167 @@
+"""What the health monitor knows: node states, probe results, the published snapshot.
+
+Plain immutable values with no I/O: the monitor builds them, and the router, the
+views, the management command and the metrics read them.
+"""
+
+from __future__ import annotations
+
+import enum
+import math
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from datetime import datetime
+from typing import Any
+
+from replica_router.lsn import format_lsn
+
+__all__ = ["OVERALL_CODES", "NodeStatus", "Probe", "Snapshot", "State"]
+
+
+class State(enum.StrEnum):
+    """Where a node stands; only ``healthy`` replicas serve reads."""
+
+    HEALTHY = "healthy"
+    LAGGING = "lagging"
+    DOWN = "down"
+    EJECTED = "ejected"
+    UNKNOWN = "unknown"
+
+
+@dataclass(frozen=True, slots=True)
+class Probe:
+    """What one probe of one node measured; None where it could not tell."""
+
+    ok: bool
+    error: str | None = None
+    rtt: float | None = None
+    in_recovery: bool | None = None
+    system_identifier: int | None = None
+    current_lsn: int | None = None
+    receive_lsn: int | None = None
+    replay_lsn: int | None = None
+    last_replay_age: float | None = None
+    streaming: bool | None = None
+    replay_paused: bool = False
+    replay_lags: Mapping[str, float] = field(default_factory=dict)
+
+
+@dataclass(frozen=True, slots=True)
+class NodeStatus:
+    """One row of the health table: a node's state and the figures behind it."""
+
+    alias: str
+    role: str
+    host: str
+    port: str
+    weight: int | None
+    state: State
+    in_rotation: bool
+    reason: str
+    since: datetime
+    checked_at: datetime | None = None
+    lag_seconds: float | None = None
+    lag_bytes: int | None = None
+    rtt: float | None = None
+    lsn: int | None = None
+    last_error: str | None = None
+
+    @property
+    def lsn_text(self) -> str | None:
+        """The WAL position as PostgreSQL prints it, e.g. ``0/3000148``."""
+        return None if self.lsn is None else format_lsn(self.lsn)
+
+    def as_dict(self, *, topology: bool) -> dict[str, Any]:
+        """The JSON form (see docs/health.md); ``topology`` adds hosts and errors."""
+        data: dict[str, Any] = {
+            "alias": self.alias,
+            "role": self.role,
+            "state": str(self.state),
+            "in_rotation": self.in_rotation,
+            "lag_seconds": _round(self.lag_seconds, 3),
+            "lag_bytes": self.lag_bytes,
+        }
+        if topology:
+            data.update(
+                {
+                    "host": self.host,
+                    "port": self.port,
+                    "weight": self.weight,
+                    "reason": self.reason,
+                    "since": self.since.isoformat(),
+                    "checked_at": self.checked_at.isoformat() if self.checked_at else None,
+                    "rtt_ms": _round(None if self.rtt is None else self.rtt * 1000, 2),
+                    "lsn": self.lsn_text,
+                    "last_error": self.last_error,
+                }
+            )
+        return data
+
+
+def _round(value: float | None, digits: int) -> float | None:
+    return None if value is None else round(value, digits)
+
+
+#: Overall status -> exit status of ``replica_health --check`` (and HTTP 200/503).
+OVERALL_CODES: Mapping[str, int] = {"ok": 0, "degraded": 1, "unavailable": 2}
+
+
+@dataclass(frozen=True, slots=True)
+class Snapshot:
+    """Every node's status at the end of one probe cycle. Immutable."""
+
+    nodes: tuple[NodeStatus, ...]
+    taken_at: datetime
+
+    @property
+    def primary(self) -> NodeStatus:
+        return self.nodes[0]
+
+    @property
+    def replicas(self) -> tuple[NodeStatus, ...]:
+        return self.nodes[1:]
+
+    def node(self, alias: str) -> NodeStatus:
+        for node in self.nodes:
+            if node.alias == alias:
+                return node
+        raise KeyError(alias)
+
+    @property
+    def overall(self) -> str:
+        """``ok``: every replica serves; ``degraded``: some do not; ``unavailable``:
+        none does, or the primary is unreachable (down, or ejected: not a primary)."""
+        serving = [n for n in self.replicas if n.in_rotation]
+        primary_lost = self.primary.state in (State.DOWN, State.EJECTED)
+        if primary_lost or (self.replicas and not serving):
+            return "unavailable"
+        if len(serving) < len(self.replicas):
+            return "degraded"
+        return "ok"
+
+    @property
+    def exit_code(self) -> int:
+        return OVERALL_CODES[self.overall]
+
+    def least_lagged(self) -> str | None:
+        """The reachable, still-a-replica alias with the least lag, for FALLBACK."""
+        candidates = [
+            n for n in self.replicas if n.state in (State.HEALTHY, State.LAGGING) and n.weight != 0
+        ]
+        if not candidates:
+            return None
+        best = min(
+            candidates,
+            key=lambda n: (
+                n.lag_bytes if n.lag_bytes is not None else math.inf,
+                n.lag_seconds if n.lag_seconds is not None else math.inf,
+            ),
+        )
+        return best.alias
+
+    def as_dict(self, *, topology: bool) -> dict[str, Any]:
+        return {
+            "status": self.overall,
+            "taken_at": self.taken_at.isoformat(),
+            "nodes": [node.as_dict(topology=topology) for node in self.nodes],
+        }

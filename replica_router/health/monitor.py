@@ -1,0 +1,313 @@
+"""The health monitor: a thread that probes every node and publishes a snapshot.
+
+Each ``CHECK_INTERVAL`` it probes the primary and every replica in parallel
+(:mod:`~replica_router.health.probe`), judges each replica
+(:mod:`~replica_router.health.policy`), and publishes an immutable
+:class:`~replica_router.health.model.Snapshot`. When the set of replicas fit to
+serve reads changes, it swaps the router's weighted schedule in one assignment.
+The router never waits for a probe: it only reads what the monitor last published.
+
+Lag is measured two ways, and a replica over either threshold is ``lagging``:
+
+* bytes: the primary's current WAL position minus the replica's replay
+  position, both from the same cycle;
+* seconds: 0 when the replica has replayed everything it received and is
+  streaming (so an idle primary never makes its replicas look late), otherwise
+  the age of the last transaction it replayed, or the primary's
+  ``pg_stat_replication.replay_lag`` when it has replayed none yet.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import threading
+import time
+from collections.abc import Callable, Mapping
+from dataclasses import replace
+from typing import Any
+
+from replica_router.balancer import Balancer
+from replica_router.conf import RouterConfig
+from replica_router.health.aliases import address, django_probe_params, is_postgresql, scrub
+from replica_router.health.model import NodeStatus, Probe, Snapshot, State
+from replica_router.health.policy import (
+    Change,
+    Tracker,
+    Verdict,
+    primary_verdict,
+    replica_verdict,
+    usable_primary,
+    utc_now,
+)
+from replica_router.health.probe import ParallelProber, ProcessExiting, first_line
+from replica_router.signals import replica_state_changed
+
+__all__ = ["Monitor"]
+
+logger = logging.getLogger("replica_router")
+
+
+class Monitor:
+    """Probes the primary and replicas and keeps the router's rotation right.
+
+    ``Monitor(config=..., balancer=...)``; :meth:`start` runs it in a daemon
+    thread, :meth:`run_cycle` runs one cycle in the caller's thread (the
+    management command does that). ``params_for(alias)`` gives the psycopg
+    connection keywords of an alias; it defaults to Django's settings.
+    """
+
+    def __init__(
+        self,
+        *,
+        config: RouterConfig,
+        balancer: Balancer | None = None,
+        params_for: Callable[[str], Mapping[str, Any]] = django_probe_params,
+    ) -> None:
+        if config.check_interval <= 0 or config.check_timeout <= 0:
+            raise ValueError("check_interval and check_timeout must be positive")
+        self.config = config
+        self.balancer = balancer
+        self._params_for = params_for
+        self._lock = threading.Lock()
+        self._trackers = {alias: Tracker(alias) for alias in [config.primary, *config.replicas]}
+        self._prober = ParallelProber(workers=len(self._trackers))
+        self._thread: threading.Thread | None = None
+        self._stop = threading.Event()
+        self._first_cycle = threading.Event()
+        self._pid = os.getpid()
+        self.cycles = 0
+        #: Replica alias -> the latest replay position known (read-your-writes).
+        self.replay_positions: dict[str, int] = {}
+        #: The aliases found down, for a connection about to be made (cheaper
+        #: to ask than the snapshot).
+        self.down: frozenset[str] = frozenset()
+        self.snapshot: Snapshot = self._publish()
+
+    # -- lifecycle -------------------------------------------------------------
+
+    @property
+    def running(self) -> bool:
+        return self._thread is not None and self._thread.is_alive() and self._pid == os.getpid()
+
+    def start(self, *, wait: bool = True) -> None:
+        """Start the monitor thread; with ``wait``, return after its first cycle
+        (or after ``CHECK_TIMEOUT`` plus a little, whichever comes first).
+
+        Started by another thread already, it still waits for that first cycle,
+        so that no caller ever routes by an all-"unknown" snapshot.
+        """
+        with self._lock:
+            if not self.running:
+                self._pid = os.getpid()  # after a fork, the parent's thread is not ours
+                self._stop.clear()
+                self._thread = threading.Thread(
+                    target=self._loop, name="replica-router-monitor", daemon=True
+                )
+                self._thread.start()
+        if wait:
+            self._first_cycle.wait(self.config.check_timeout + 0.25)
+
+    def stop(self) -> None:
+        """Stop the thread (it finishes the cycle it is in)."""
+        self._stop.set()
+        thread = self._thread
+        if thread is not None and thread is not threading.current_thread():
+            thread.join(self.config.check_timeout + 1)
+        self._prober.close()
+
+    def _loop(self) -> None:
+        interval = self.config.check_interval
+        while not self._stop.is_set():
+            started = time.monotonic()
+            try:
+                self.run_cycle()
+            except ProcessExiting:
+                self._stop.set()
+                return
+            except Exception:  # a bug here must not kill monitoring for good
+                logger.exception("replica health cycle failed")
+            finally:
+                self._first_cycle.set()
+            self._stop.wait(max(0.0, interval - (time.monotonic() - started)))
+
+    # -- one cycle -------------------------------------------------------------
+
+    def run_cycle(self) -> Snapshot:
+        """Probe every node that is due, update states, publish and return a snapshot."""
+        now = time.monotonic()
+        due = [
+            alias
+            for alias, tracker in self._trackers.items()
+            if tracker.next_probe_at <= now and self._probeable(alias)
+        ]
+        probes = self._prober.probe(due, self._params_for, timeout=self.config.check_timeout)
+        primary_probe = probes.get(self.config.primary)
+        changes: list[Change | None] = []
+        with self._lock:
+            if primary_probe is not None:
+                changes.append(self._update_primary(primary_probe))
+            primary = usable_primary(primary_probe)
+            for alias in self.config.replicas:
+                if alias in probes:
+                    changes.append(self._update_replica(alias, probes[alias], primary, now))
+                elif not self._probeable(alias):
+                    changes.append(
+                        self._trackers[alias].set_state(
+                            State.HEALTHY, "not probed: not a PostgreSQL alias", in_rotation=True
+                        )
+                    )
+            self.cycles += 1
+            snapshot = self._publish()
+        self._announce(changes)
+        return snapshot
+
+    def _probeable(self, alias: str) -> bool:
+        if self._params_for is not django_probe_params:
+            return True
+        return is_postgresql(alias)
+
+    def _update_primary(self, result: Probe) -> Change | None:
+        tracker = self._trackers[self.config.primary]
+        verdict = self._scrubbed(primary_verdict(result), tracker.alias)
+        change = tracker.set_state(
+            verdict.state, verdict.reason, in_rotation=verdict.state is State.HEALTHY
+        )
+        if not result.ok:
+            tracker.last_error = scrub(result.error, tracker.alias)
+        tracker.status = self._status(tracker, result, lag_seconds=None, lag_bytes=None)
+        return change
+
+    def _update_replica(
+        self, alias: str, result: Probe, primary: Probe | None, cycle_started: float
+    ) -> Change | None:
+        tracker = self._trackers[alias]
+        if result.ok and result.replay_lsn is not None:
+            self.note_replay_position(alias, result.replay_lsn)
+        lag = tracker.measure_lag(
+            result, primary, cycle_started=cycle_started, now=time.monotonic()
+        )
+        verdict = self._scrubbed(replica_verdict(result, primary, lag, self.config), alias)
+        change = tracker.judge(
+            verdict,
+            recovery_checks=self.config.recovery_checks,
+            check_interval=self.config.check_interval,
+            now=time.monotonic(),
+        )
+        if verdict.state is State.DOWN:
+            tracker.last_error = scrub(result.error, alias)
+        tracker.status = self._status(tracker, result, lag_seconds=lag.seconds, lag_bytes=lag.bytes)
+        return change
+
+    @staticmethod
+    def _scrubbed(verdict: Verdict, alias: str) -> Verdict:
+        return verdict._replace(reason=scrub(verdict.reason, alias) or verdict.reason)
+
+    # -- publishing ------------------------------------------------------------
+
+    def _status(
+        self, tracker: Tracker, result: Probe, *, lag_seconds: float | None, lag_bytes: int | None
+    ) -> NodeStatus:
+        is_primary = tracker.alias == self.config.primary
+        return replace(
+            self._row(tracker),
+            checked_at=utc_now(),
+            lag_seconds=lag_seconds,
+            lag_bytes=lag_bytes,
+            rtt=result.rtt,
+            lsn=result.current_lsn if is_primary else result.replay_lsn,
+        )
+
+    def _row(self, tracker: Tracker) -> NodeStatus:
+        """The node's row with its current state and no probe figures."""
+        is_primary = tracker.alias == self.config.primary
+        host, port = address(tracker.alias)
+        return NodeStatus(
+            alias=tracker.alias,
+            role="primary" if is_primary else "replica",
+            host=host,
+            port=port,
+            weight=None if is_primary else self.config.replicas[tracker.alias],
+            state=tracker.state,
+            in_rotation=tracker.in_rotation,
+            reason=tracker.reason,
+            since=tracker.since,
+            last_error=tracker.last_error,
+        )
+
+    def _publish(self) -> Snapshot:
+        """Build the snapshot from the trackers and swap the rotation if it changed.
+
+        Called with the lock held (or from __init__).
+        """
+        rows = []
+        for tracker in self._trackers.values():
+            if tracker.status is None:
+                rows.append(self._row(tracker))
+            else:
+                rows.append(
+                    replace(
+                        tracker.status,
+                        state=tracker.state,
+                        in_rotation=tracker.in_rotation,
+                        reason=tracker.reason,
+                        since=tracker.since,
+                        last_error=tracker.last_error,
+                    )
+                )
+        self._swap_rotation()
+        self.down = frozenset(n.alias for n in rows if n.state is State.DOWN)
+        self.snapshot = Snapshot(nodes=tuple(rows), taken_at=utc_now())
+        return self.snapshot
+
+    def _swap_rotation(self) -> None:
+        """Give the balancer the weights of the replicas in rotation, if they changed."""
+        if self.balancer is None or all(t.state is State.UNKNOWN for t in self._trackers.values()):
+            return
+        rotation = {
+            alias: weight
+            for alias, weight in self.config.replicas.items()
+            if self._trackers[alias].in_rotation
+        }
+        if dict(self.balancer.weights) != rotation:
+            self.balancer.set_weights(rotation)
+
+    def _announce(self, changes: list[Change | None]) -> None:
+        for change in changes:
+            if change is None:
+                continue
+            alias, old, new, reason = change
+            log = logger.warning if new in (State.DOWN, State.EJECTED) else logger.info
+            log("replica_router: %s %s -> %s (%s)", alias, old, new, reason)
+            replica_state_changed.send(
+                sender=Monitor, alias=alias, old_state=str(old), new_state=str(new), reason=reason
+            )
+
+    # -- what the application reports ----------------------------------------
+
+    def note_replay_position(self, alias: str, lsn: int) -> None:
+        """Record that ``alias`` has replayed up to ``lsn`` (positions only grow)."""
+        # A plain dict assignment is atomic; a lost race only loses a newer
+        # position that the next cycle brings back.
+        if lsn > self.replay_positions.get(alias, -1):
+            self.replay_positions[alias] = lsn
+
+    def report_failure(self, alias: str, error: BaseException | str) -> None:
+        """Take ``alias`` out of rotation now: the application could not connect to it.
+
+        The monitor probes it again after the circuit breaker's backoff.
+        """
+        if alias not in self.config.replicas:
+            return
+        message = scrub(error if isinstance(error, str) else first_line(error), alias) or ""
+        with self._lock:
+            tracker = self._trackers[alias]
+            tracker.last_error = message
+            if tracker.state is State.DOWN and not tracker.in_rotation:
+                return
+            change = tracker.set_state(
+                State.DOWN, f"connection failed in the application: {message}"
+            )
+            tracker.open_breaker(time.monotonic(), self.config.check_interval)
+            self._publish()
+        self._announce([change])

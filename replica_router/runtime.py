@@ -1,0 +1,239 @@
+"""Process-wide state: the current routing, the migrate flag, and what resets them.
+
+Django keeps one ``ConnectionRouter`` per process; the router likewise keeps one
+:class:`Routing`, built from the settings on first use: the balancer, the health
+monitor, the metrics counters and the caches that keep ``db_for_read`` free of
+I/O and settings lookups.
+
+One ``setting_changed`` receiver (:func:`reset`) clears all of it when
+``REPLICA_ROUTER`` or ``DATABASES`` change, in a fixed order: the parsed config,
+each alias's role, the routing (its monitor is stopped), and last the write
+detector, which reads the new config.
+"""
+
+from __future__ import annotations
+
+import functools
+import os
+import threading
+from typing import TYPE_CHECKING, Any, Final
+
+from django.core.signals import setting_changed
+from django.db import connections
+from django.db.models.signals import post_migrate, pre_migrate
+
+from replica_router.balancer import Balancer
+from replica_router.conf import WATCHED_SETTINGS, RouterConfig, get_config
+from replica_router.health.monitor import Monitor
+from replica_router.writes import hook_write_detector
+
+if TYPE_CHECKING:
+    from django.db.backends.base.base import BaseDatabaseWrapper
+    from django.db.models import Model
+
+    from replica_router.health.model import Snapshot
+    from replica_router.metrics import Counters, ReplicaRouterCollector
+
+__all__ = [
+    "PRIMARY",
+    "REPLICA",
+    "Routing",
+    "current",
+    "get_balancer",
+    "get_counters",
+    "get_monitor",
+    "load",
+    "register_metrics",
+    "reset",
+    "role_of",
+]
+
+PRIMARY: Final = "primary"
+REPLICA: Final = "replica"
+
+
+class Routing:
+    """Everything the router needs, derived once from a :class:`RouterConfig`."""
+
+    __slots__ = (
+        "aliases",
+        "awaiting_monitor",
+        "balancer",
+        "config",
+        "counters",
+        "local",
+        "monitor",
+        "primary",
+        "primary_only_models",
+        "read_your_writes",
+        "replicas",
+    )
+
+    def __init__(self, config: RouterConfig) -> None:
+        self.config = config
+        self.primary = config.primary
+        self.replicas = frozenset(config.replicas)
+        self.aliases = self.replicas | {config.primary}
+        # The seam for the health monitor: it calls set_weights() on this balancer
+        # with the weights of the replicas it finds fit to serve reads.
+        self.balancer = Balancer(weights=config.replicas)
+        self.monitor = (
+            Monitor(config=config, balancer=self.balancer)
+            if config.health_checks and self.replicas
+            else None
+        )
+        # The first read that would go to a replica starts the monitor, never
+        # an import or migrate; until then this is True.
+        self.awaiting_monitor = self.monitor is not None
+        self.read_your_writes = config.read_your_writes != "off"
+        # None unless METRICS is on, so that without metrics counting costs nothing.
+        self.counters: Counters | None = None
+        if config.metrics:
+            from replica_router import metrics  # needs the metrics extra
+
+            register_metrics()
+            self.counters = metrics.Counters(primary=config.primary, replicas=config.replicas)
+        #: Model class -> True if its reads must go to the primary. Filled
+        #: lazily; a racing double fill writes the same value.
+        self.primary_only_models: dict[type[Model], bool] = {}
+        # A per-thread cache of this thread's primary connection wrapper, so the
+        # in-transaction check skips the costly ``connections[alias]`` lookup.
+        # This is not request state (that lives in context variables): Django
+        # binds each wrapper to the thread that created it, and a threading.local
+        # drops the entry when the thread ends, as Django's own storage does.
+        self.local = threading.local()
+
+    def is_primary_only(self, model: type[Model]) -> bool:
+        """Decide, and cache, whether PRIMARY_ONLY covers ``model``."""
+        labels = self.config.primary_only
+        if not hasattr(model, "_meta"):  # not a model class; nothing to match
+            return False
+        meta = model._meta
+        owners = [meta]
+        if meta.concrete_model is not None:  # a proxy follows its concrete model
+            owners.append(meta.concrete_model._meta)
+        if isinstance(meta.auto_created, type):
+            # The table behind a ManyToManyField follows the model that declares it.
+            owners.append(meta.auto_created._meta)
+        decision = any(
+            owner.app_label.lower() in labels or owner.label_lower in labels for owner in owners
+        )
+        self.primary_only_models[model] = decision
+        return decision
+
+    def thread_primary(self) -> BaseDatabaseWrapper:
+        """This thread's wrapper for the primary, cached in ``self.local``."""
+        # Creating the wrapper does not connect; Django would create it anyway.
+        wrapper: BaseDatabaseWrapper = connections[self.primary]
+        self.local.primary = wrapper
+        return wrapper
+
+    def start_monitor(self) -> bool:
+        """Start health monitoring; False while migrate runs (read from the primary)."""
+        if migrating:
+            return False
+        assert self.monitor is not None
+        self.monitor.start(wait=True)
+        self.awaiting_monitor = False
+        return True
+
+
+#: The routing of the current settings; None until first use and after a change.
+#: The router reads it on every query: ``runtime.current or runtime.load()``.
+current: Routing | None = None
+_lock = threading.Lock()
+
+#: True while migrate runs: reads stay on the primary and do not start the
+#: monitor (the test runner migrates before the test databases are fully set up).
+migrating = False
+
+
+def load() -> Routing:
+    """The current routing, built from the settings if there is none."""
+    global current
+    with _lock:
+        if current is None:
+            current = Routing(get_config())
+        return current
+
+
+def get_monitor() -> Monitor | None:
+    """The health monitor of the current settings (None with HEALTH_CHECKS off
+    or no replicas). It may not be started yet."""
+    return (current or load()).monitor
+
+
+def get_counters() -> Counters | None:
+    """The metrics counters of the current settings (None with METRICS off)."""
+    return (current or load()).counters
+
+
+def get_balancer() -> Balancer:
+    """The balancer the router picks replicas from.
+
+    Ask again rather than keeping it: a change of settings replaces it.
+    """
+    return (current or load()).balancer
+
+
+def _current_snapshot() -> Snapshot | None:
+    monitor = get_monitor()
+    return None if monitor is None else monitor.snapshot
+
+
+def register_metrics() -> ReplicaRouterCollector:
+    """Register the Prometheus collector (once per process); needs the metrics extra."""
+    from replica_router.metrics import register
+
+    return register(snapshot=_current_snapshot)
+
+
+# Asked on every checkout and every cursor by the failover engine, so cached.
+@functools.cache
+def role_of(alias: str) -> str | None:
+    """:data:`PRIMARY`, :data:`REPLICA` or None: what the router makes of an alias."""
+    try:
+        config = get_config()
+    except Exception:  # misconfigured: the system checks say so
+        return None
+    if alias == config.primary:
+        return PRIMARY
+    return REPLICA if alias in config.replicas else None
+
+
+def reset(*, setting: str, **kwargs: Any) -> None:
+    """The ``setting_changed`` receiver: forget everything built from the settings."""
+    global current
+    if setting not in WATCHED_SETTINGS:
+        return
+    get_config.cache_clear()
+    role_of.cache_clear()
+    with _lock:
+        old, current = current, None
+    if old is not None and old.monitor is not None:
+        old.monitor.stop()
+    hook_write_detector()
+
+
+def _on_pre_migrate(**kwargs: object) -> None:
+    global migrating
+    migrating = True
+
+
+def _on_post_migrate(**kwargs: object) -> None:
+    global migrating
+    migrating = False
+
+
+def _after_fork_in_child() -> None:
+    # Threads do not survive fork(): a monitor started in a preloading parent
+    # (gunicorn --preload) must start again in each worker.
+    routing = current
+    if routing is not None and routing.monitor is not None:
+        routing.awaiting_monitor = True
+
+
+setting_changed.connect(reset, dispatch_uid="replica_router.runtime.reset")
+pre_migrate.connect(_on_pre_migrate, dispatch_uid="replica_router.runtime.pre_migrate")
+post_migrate.connect(_on_post_migrate, dispatch_uid="replica_router.runtime.post_migrate")
+os.register_at_fork(after_in_child=_after_fork_in_child)
