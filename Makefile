@@ -16,7 +16,7 @@ DEMO_KEEP ?= 1
 DEMO := $(BIN)/python sample_site/demo.py --dir $(DEMO_DIR)
 SAMPLE_TEST_DIR ?= $(DEMO_DIR)-tests
 
-.PHONY: install test lint format test-matrix cluster-up cluster-down cluster-status docs bench clean
+.PHONY: install test test-unit lint format test-matrix cluster-up cluster-down cluster-status docs bench clean
 .PHONY: demo demo-down serve seed test-sample
 
 install: $(VENV)/.installed
@@ -40,6 +40,12 @@ needs-%:
 test: needs-postgresql+chromium install
 	$(CLUSTER) run --dir $(CLUSTER_DIR) --replicas $(REPLICAS) -- $(BIN)/pytest $(PYTEST_ARGS)
 	$(MAKE) test-sample
+
+# Only the tests that need no PostgreSQL (tests/unit): no server binaries, no
+# cluster, a few seconds. Without REPLICA_ROUTER_CLUSTER_DIR the test settings
+# point every alias at a port where nothing listens.
+test-unit: install
+	env -u REPLICA_ROUTER_CLUSTER_DIR $(BIN)/pytest tests/unit $(PYTEST_ARGS)
 
 lint: install
 	$(BIN)/ruff check .
