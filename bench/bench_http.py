@@ -1,7 +1,8 @@
 """HTTP: the sample site under concurrent load, in three configurations side by side.
 
 Run with ``make bench``, which starts the local cluster and sets
-``REPLICA_ROUTER_CLUSTER_DIR``; needs ``wrk`` (``apt-get install wrk``).
+``REPLICA_ROUTER_CLUSTER_DIR``; needs ``wrk``, which ``make bench`` installs
+(``apt-get install wrk``).
 
 The same bookshop (``sample_site/``) serves read-heavy traffic (70 % book
 pages with their reviews, 30 % pages of the book list) from ``wrk`` on

@@ -35,7 +35,7 @@ import stat
 import subprocess
 import sys
 import time
-from collections.abc import Iterator, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
@@ -666,7 +666,18 @@ def _print_status(cluster: Cluster) -> None:
         )
 
 
-def main(argv: Sequence[str] | None = None) -> int:
+# Subcommands that act on one node given by name: help text and the method.
+_NODE_COMMANDS: dict[str, tuple[str, Callable[[Cluster, str], None]]] = {
+    "pause": ("pause WAL replay on a replica", Cluster.pause),
+    "resume": ("resume WAL replay on a replica", Cluster.resume),
+    "kill": ("SIGKILL a node's postmaster", Cluster.kill),
+    "start": ("start a node that is down", Cluster.start),
+    "promote": ("promote a replica to a primary of its own", Cluster.promote),
+    "rebuild": ("clone a replica from the primary again", Cluster.rebuild),
+}
+
+
+def _parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="python -m replica_router.testing.cluster",
         description="A local PostgreSQL primary with streaming replicas, on 127.0.0.1.",
@@ -690,14 +701,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     status = command("status", "role, port, pid, up/down and replay LSN per node")
     status.add_argument("--json", action="store_true")
     command("env", "print DATABASE_URL and REPLICA_URLS")
-    for name, text in [
-        ("pause", "pause WAL replay on a replica"),
-        ("resume", "resume WAL replay on a replica"),
-        ("kill", "SIGKILL a node's postmaster"),
-        ("start", "start a node that is down"),
-        ("promote", "promote a replica to a primary of its own"),
-        ("rebuild", "clone a replica from the primary again"),
-    ]:
+    for name, (text, _) in _NODE_COMMANDS.items():
         command(name, text).add_argument("name")
     delay = command("delay", "set recovery_min_apply_delay on a replica")
     delay.add_argument("name")
@@ -706,43 +710,83 @@ def main(argv: Sequence[str] | None = None) -> int:
     run = command("run", "bring the cluster up, run a command with its env, tear it down")
     run.add_argument("--replicas", type=int, default=2)
     run.add_argument("argv", nargs=argparse.REMAINDER)
+    return parser
 
-    args = parser.parse_args(argv)
+
+def _up(cluster: Cluster, args: argparse.Namespace) -> int:
+    started = time.monotonic()
+    if cluster.up(args.replicas):
+        print(
+            f"cluster up in {cluster.dir} "
+            f"({len(cluster.replicas)} replicas, {time.monotonic() - started:.1f}s)"
+        )
+    else:
+        print(f"cluster already running in {cluster.dir}")
+    _print_status(cluster)
+    return 0
+
+
+def _down(cluster: Cluster, args: argparse.Namespace) -> int:
+    cluster.down()
+    print(f"cluster in {cluster.dir} is down and removed")
+    return 0
+
+
+def _status(cluster: Cluster, args: argparse.Namespace) -> int:
+    if args.json:
+        print(json.dumps([asdict(s) for s in cluster.status()], indent=2))
+    else:
+        _print_status(cluster)
+    return 0
+
+
+def _env(cluster: Cluster, args: argparse.Namespace) -> int:
+    for key, value in cluster.env().items():
+        print(f"{key}={value}")
+    return 0
+
+
+def _delay(cluster: Cluster, args: argparse.Namespace) -> int:
+    cluster.delay(args.name, args.seconds)
+    return 0
+
+
+def _stop_primary(cluster: Cluster, args: argparse.Namespace) -> int:
+    cluster.stop_primary()
+    return 0
+
+
+def _on_node(cluster: Cluster, args: argparse.Namespace) -> int:
+    _, method = _NODE_COMMANDS[args.command]
+    method(cluster, args.name)
+    return 0
+
+
+def _run(cluster: Cluster, args: argparse.Namespace) -> int:
+    return _run_with_cluster(cluster, args.replicas, args.argv)
+
+
+# Each subcommand's handler; it returns the exit status.
+_HANDLERS: dict[str, Callable[[Cluster, argparse.Namespace], int]] = {
+    "up": _up,
+    "down": _down,
+    "status": _status,
+    "env": _env,
+    **dict.fromkeys(_NODE_COMMANDS, _on_node),
+    "delay": _delay,
+    "stop-primary": _stop_primary,
+    "run": _run,
+}
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    args = _parser().parse_args(argv)
     cluster = Cluster(args.dir)
     try:
-        if args.command == "up":
-            started = time.monotonic()
-            if cluster.up(args.replicas):
-                print(
-                    f"cluster up in {cluster.dir} "
-                    f"({len(cluster.replicas)} replicas, {time.monotonic() - started:.1f}s)"
-                )
-            else:
-                print(f"cluster already running in {cluster.dir}")
-            _print_status(cluster)
-        elif args.command == "down":
-            cluster.down()
-            print(f"cluster in {cluster.dir} is down and removed")
-        elif args.command == "status":
-            if args.json:
-                print(json.dumps([asdict(s) for s in cluster.status()], indent=2))
-            else:
-                _print_status(cluster)
-        elif args.command == "env":
-            for key, value in cluster.env().items():
-                print(f"{key}={value}")
-        elif args.command == "delay":
-            cluster.delay(args.name, args.seconds)
-        elif args.command == "stop-primary":
-            cluster.stop_primary()
-        elif args.command == "run":
-            return _run_with_cluster(cluster, args.replicas, args.argv)
-        else:
-            getattr(cluster, args.command)(args.name)
+        return _HANDLERS[args.command](cluster, args)
     except ClusterError as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 1
-    return 0
 
 
 def _run_with_cluster(cluster: Cluster, replicas: int, argv: list[str]) -> int:

@@ -49,7 +49,8 @@ def browser() -> Iterator[webdriver.Chrome]:
     for binary in (CHROMIUM, CHROMEDRIVER):
         if not binary.exists():
             pytest.fail(
-                f"{binary} is missing: apt-get install chromium chromium-driver (.ci/run does)"
+                f"{binary} is missing: apt-get install chromium chromium-driver "
+                "(make test-sample does, as root or with passwordless sudo)"
             )
     profile = tempfile.mkdtemp(prefix="bookshop-chromium-")
     options = Options()

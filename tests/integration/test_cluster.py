@@ -7,6 +7,7 @@ test meaningless.
 
 from __future__ import annotations
 
+import json
 import os
 import subprocess
 import sys
@@ -180,6 +181,33 @@ def test_env_prints_urls_for_every_node(own_cluster: Cluster) -> None:
 def test_servers_listen_on_loopback_only(own_cluster: Cluster) -> None:
     assert own_cluster.query(PRIMARY, "SHOW listen_addresses") == "127.0.0.1"
     assert own_cluster.query("replica_1", "SHOW listen_addresses") == "127.0.0.1"
+
+
+def test_up_on_a_running_cluster_says_so_and_prints_the_status(own_cluster: Cluster) -> None:
+    # `make cluster-up` twice must not create a second cluster or fail.
+    result = _cli(own_cluster, "up")
+    assert result.returncode == 0, result.stderr
+    assert result.stdout.startswith(f"cluster already running in {own_cluster.dir}\n")
+    assert "replica_1   replica  " in result.stdout
+
+
+def test_status_json_describes_every_node(own_cluster: Cluster) -> None:
+    # Scripts read this instead of scraping the table.
+    result = _cli(own_cluster, "status", "--json")
+    assert result.returncode == 0, result.stderr
+    nodes = {node["name"]: node for node in json.loads(result.stdout)}
+    assert nodes.keys() == {PRIMARY, "replica_1"}
+    assert nodes["replica_1"]["role"] == "replica"
+    assert nodes["replica_1"]["port"] == own_cluster.port("replica_1")
+    assert all(node["up"] for node in nodes.values())
+
+
+def test_delay_sets_and_clears_the_apply_delay(own_cluster: Cluster) -> None:
+    setting = "SELECT setting FROM pg_settings WHERE name = 'recovery_min_apply_delay'"
+    assert _cli(own_cluster, "delay", "replica_1", "1.5").returncode == 0
+    assert own_cluster.query("replica_1", setting) == "1500"
+    assert _cli(own_cluster, "delay", "replica_1", "0").returncode == 0
+    assert own_cluster.query("replica_1", setting) == "0"
 
 
 def test_down_leaves_no_server_process_and_no_directory(own_cluster: Cluster) -> None:
