@@ -1,4 +1,5 @@
-"""use_primary: nesting, exceptions, and no leaks between threads or asyncio tasks.
+"""The request context: use_primary and causal(), nested, on exceptions, and with
+no leaks between threads or asyncio tasks.
 
 The failure guarded against is multidb's: one thread-local slot, so a nested
 block that ends unpins the outer block, and a pin leaks to whatever ran next.
@@ -237,3 +238,72 @@ def test_state_follows_copied_context_into_a_worker():
     thread.join()
     assert result == [True]
     assert primary_forced() is False
+
+
+# -- causal(): what a block's or a job's reads must see --------------------------
+
+
+def test_causal_carries_a_token_as_the_position_to_read_at_least():
+    from replica_router.context import causal, causal_state
+
+    assert causal_state.get() is None
+    with causal("16/B374D848") as state:
+        assert causal_state.get() is state
+        assert state.min_lsn == (0x16 << 32) | 0xB374D848
+        assert not state.wrote
+        with causal() as inner:
+            assert causal_state.get() is inner and inner.min_lsn is None
+        assert causal_state.get() is state
+    assert causal_state.get() is None
+
+
+def test_causal_refuses_a_malformed_token():
+    from replica_router.context import causal
+
+    with pytest.raises(ValueError, match="not a WAL position"):
+        causal("yesterday")
+
+
+def test_causal_as_a_decorator_gives_each_call_its_own_state():
+    from replica_router.context import causal, causal_state, note_write
+
+    seen = []
+
+    @causal("0/10")
+    def job(write: bool) -> None:
+        state = causal_state.get()
+        seen.append((state.min_lsn, state.wrote))
+        if write:
+            note_write()
+            seen.append((state.min_lsn, state.wrote))
+
+    job(True)
+    job(False)
+    assert seen == [(0x10, False), (0x10, True), (0x10, False)]
+    assert causal_state.get() is None
+
+
+def test_causal_decorates_coroutines_in_the_running_task():
+    from replica_router.context import causal, causal_state
+
+    @causal("0/20")
+    async def job() -> int | None:
+        await asyncio.sleep(0)
+        state = causal_state.get()
+        return None if state is None else state.min_lsn
+
+    async def both() -> list[int | None]:
+        return list(await asyncio.gather(job(), job()))
+
+    assert asyncio.run(both()) == [0x20, 0x20]
+
+
+def test_a_write_outside_any_block_is_remembered_by_the_context():
+    from replica_router.context import _wrote_outside, note_write
+
+    def run() -> bool:
+        note_write()
+        return _wrote_outside.get()
+
+    assert contextvars.copy_context().run(run) is True
+    assert _wrote_outside.get() is False
