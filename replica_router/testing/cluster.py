@@ -66,6 +66,7 @@ track_commit_timestamp = on
 log_min_messages = warning
 include_if_exists = 'node.conf'
 include_if_exists = 'faults.conf'
+include_if_exists = 'conflicts.conf'
 """
 
 _HBA = """
@@ -136,13 +137,18 @@ def _children(pid: int) -> list[int]:
     return found
 
 
+def _process_state(pid: int) -> str | None:
+    """The state letter of ``pid`` (R, S, T for stopped, Z for zombie...). Linux /proc."""
+    try:
+        return Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0]
+    except OSError:
+        return None
+
+
 def process_alive(pid: int) -> bool:
     """Whether ``pid`` is a running process (not a zombie). Linux /proc."""
-    try:
-        state = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0]
-    except OSError:
-        return False
-    return state != "Z"
+    state = _process_state(pid)
+    return state is not None and state != "Z"
 
 
 def _cmdline(pid: int) -> bytes:
@@ -299,8 +305,7 @@ class Cluster:
             return None
         if b"postgres" not in cmdline and b"postmaster" not in cmdline:
             return None
-        proc_stat = Path(f"/proc/{pid}/stat").read_text()
-        if proc_stat.rsplit(")", 1)[1].split()[0] == "Z":
+        if _process_state(pid) == "Z":
             return None
         return pid
 
@@ -408,8 +413,9 @@ class Cluster:
         with open(datadir / "postgresql.auto.conf", "a") as auto:
             auto.write(f"primary_conninfo = '{primary_conninfo}'\n")
         self._write_node_file(name, "node.conf", f"port = {self.port(name)}\n")
-        with contextlib.suppress(FileNotFoundError):
-            (datadir / "faults.conf").unlink()
+        for fault in ("faults.conf", "conflicts.conf"):
+            with contextlib.suppress(FileNotFoundError):
+                (datadir / fault).unlink()
         self.start(name)
 
     def start(self, name: str, *, timeout: float = 30.0) -> None:
@@ -444,9 +450,10 @@ class Cluster:
             time.sleep(0.2)
 
     def stop(self, name: str, *, mode: str = "fast") -> None:
-        """Stop a node cleanly."""
+        """Stop a node cleanly (a frozen one is thawed first, so that it can)."""
         if not self.is_up(name):
             return
+        self.thaw(name)
         self._run(
             [self._bin("pg_ctl"), "stop", "--pgdata", str(self.datadir(name)), "--mode", mode]
         )
@@ -471,7 +478,7 @@ class Cluster:
             time.sleep(0.01)
 
     def down(self) -> None:
-        """Stop every node and remove the cluster's directory."""
+        """Stop every node, frozen ones included, and remove the cluster's directory."""
         if self.exists():
             for name in self.nodes:
                 with contextlib.suppress(ClusterError):
@@ -590,6 +597,64 @@ class Cluster:
             if self.is_up(name):
                 self.resume(name)
 
+    def _processes(self, name: str) -> list[int]:
+        pid = self.pid(name)
+        if pid is None:
+            raise ClusterError(f"{name} is not running")
+        return [pid, *_children(pid)]
+
+    def freeze(self, name: str) -> None:
+        """SIGSTOP a node's postmaster and every backend: a hung host.
+
+        As with a frozen VM or a network partition, clients get no error and no
+        RST: their connections stay open and nothing answers, and new
+        connections wait in the listen queue. ``thaw`` lets it run again.
+        """
+        for pid in self._processes(name):
+            with contextlib.suppress(ProcessLookupError):
+                os.kill(pid, signal.SIGSTOP)
+
+    def thaw(self, name: str) -> None:
+        """SIGCONT a node frozen by ``freeze`` (a running node is left as it is)."""
+        if self.is_up(name):
+            for pid in self._processes(name):
+                with contextlib.suppress(ProcessLookupError):
+                    os.kill(pid, signal.SIGCONT)
+
+    def is_frozen(self, name: str) -> bool:
+        pid = self.pid(name)
+        return pid is not None and _process_state(pid) == "T"
+
+    @contextlib.contextmanager
+    def frozen(self, name: str) -> Iterator[None]:
+        """Hold a node frozen for the duration of a ``with`` block."""
+        self.freeze(name)
+        try:
+            yield
+        finally:
+            self.thaw(name)
+
+    def conflicts(self, name: str, *, on: bool = True) -> None:
+        """Make a replica cancel its queries on recovery conflicts (``on=False`` undoes it).
+
+        ``hot_standby_feedback = off`` lets VACUUM on the primary remove rows the
+        replica's queries may still need, and ``max_standby_streaming_delay = 0``
+        cancels such a query at once instead of delaying replay: SQLSTATE 40001,
+        "canceling statement due to conflict with recovery". Production
+        replicas with short delays see the same under write load.
+        """
+        self._require_replica(name)
+        text = "hot_standby_feedback = off\nmax_standby_streaming_delay = 0\n" if on else ""
+        self._write_node_file(name, "conflicts.conf", text)
+        self.query(name, "SELECT pg_reload_conf()")
+        expected = "0" if on else "30000"
+        setting = "SELECT setting FROM pg_settings WHERE name = 'max_standby_streaming_delay'"
+        deadline = time.monotonic() + 10
+        while self.query(name, setting) != expected:
+            if time.monotonic() > deadline:
+                raise ClusterError(f"{name}: the conflict settings did not take effect")
+            time.sleep(0.02)
+
     def delay(self, name: str, seconds: float) -> None:
         """Apply WAL on ``name`` only ``seconds`` after the primary committed it (0 clears)."""
         self._require_replica(name)
@@ -671,6 +736,8 @@ _NODE_COMMANDS: dict[str, tuple[str, Callable[[Cluster, str], None]]] = {
     "pause": ("pause WAL replay on a replica", Cluster.pause),
     "resume": ("resume WAL replay on a replica", Cluster.resume),
     "kill": ("SIGKILL a node's postmaster", Cluster.kill),
+    "freeze": ("SIGSTOP a node's postmaster and backends (a hung host)", Cluster.freeze),
+    "thaw": ("SIGCONT a frozen node", Cluster.thaw),
     "start": ("start a node that is down", Cluster.start),
     "promote": ("promote a replica to a primary of its own", Cluster.promote),
     "rebuild": ("clone a replica from the primary again", Cluster.rebuild),
@@ -703,6 +770,9 @@ def _parser() -> argparse.ArgumentParser:
     command("env", "print DATABASE_URL and REPLICA_URLS")
     for name, (text, _) in _NODE_COMMANDS.items():
         command(name, text).add_argument("name")
+    conflicts = command("conflicts", "make a replica cancel queries on recovery conflicts")
+    conflicts.add_argument("name")
+    conflicts.add_argument("--off", action="store_true", help="undo it")
     delay = command("delay", "set recovery_min_apply_delay on a replica")
     delay.add_argument("name")
     delay.add_argument("seconds", type=float)
@@ -751,6 +821,11 @@ def _delay(cluster: Cluster, args: argparse.Namespace) -> int:
     return 0
 
 
+def _conflicts(cluster: Cluster, args: argparse.Namespace) -> int:
+    cluster.conflicts(args.name, on=not args.off)
+    return 0
+
+
 def _stop_primary(cluster: Cluster, args: argparse.Namespace) -> int:
     cluster.stop_primary()
     return 0
@@ -773,6 +848,7 @@ _HANDLERS: dict[str, Callable[[Cluster, argparse.Namespace], int]] = {
     "status": _status,
     "env": _env,
     **dict.fromkeys(_NODE_COMMANDS, _on_node),
+    "conflicts": _conflicts,
     "delay": _delay,
     "stop-primary": _stop_primary,
     "run": _run,

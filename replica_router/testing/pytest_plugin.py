@@ -10,6 +10,12 @@ django-replica-router can use them:
   (WAL replay paused) until the test ends.
 * ``delay_replica``: call it with a name and seconds to delay WAL apply on a
   replica until the test ends.
+* ``freeze_node``: call it with a node's name to SIGSTOP its postmaster and
+  backends (a hung host: connections stay open, nothing answers) until the
+  test ends.
+* ``recovery_conflicts``: call it with a replica's name to make it cancel
+  queries that conflict with WAL replay (``hot_standby_feedback = off``,
+  ``max_standby_streaming_delay = 0``) until the test ends.
 
 ``pytest --replica-cluster`` starts a cluster before Django's settings are read
 and exports ``DATABASE_URL``, ``REPLICA_URLS`` and ``REPLICA_ROUTER_CLUSTER_DIR``,
@@ -21,6 +27,7 @@ from __future__ import annotations
 import os
 import tempfile
 from collections.abc import Callable, Iterator
+from typing import Any
 
 import pytest
 
@@ -87,31 +94,47 @@ def replica_cluster(request: pytest.FixtureRequest) -> Iterator[Cluster]:
         cluster.down()
 
 
+def _undone_at_teardown(
+    cluster: Cluster, cause: Callable[..., None], undo: Callable[[str], None]
+) -> Iterator[Callable[..., None]]:
+    """A fixture's body: the test causes a fault on named nodes; each is undone afterwards."""
+    names: list[str] = []
+
+    def cause_on(name: str, *args: Any) -> None:
+        cause(name, *args)
+        names.append(name)
+
+    yield cause_on
+    for name in reversed(names):
+        if cluster.is_up(name):
+            undo(name)
+
+
 @pytest.fixture
 def pause_replica(replica_cluster: Cluster) -> Iterator[Callable[[str], None]]:
     """Pause WAL replay on the named replica until the test ends."""
-    paused: list[str] = []
-
-    def pause(name: str) -> None:
-        replica_cluster.pause(name)
-        paused.append(name)
-
-    yield pause
-    for name in paused:
-        if replica_cluster.is_up(name):
-            replica_cluster.resume(name)
+    yield from _undone_at_teardown(replica_cluster, replica_cluster.pause, replica_cluster.resume)
 
 
 @pytest.fixture
 def delay_replica(replica_cluster: Cluster) -> Iterator[Callable[[str, float], None]]:
     """Delay WAL apply on the named replica by some seconds until the test ends."""
-    delayed: list[str] = []
+    yield from _undone_at_teardown(
+        replica_cluster, replica_cluster.delay, lambda name: replica_cluster.delay(name, 0)
+    )
 
-    def delay(name: str, seconds: float) -> None:
-        replica_cluster.delay(name, seconds)
-        delayed.append(name)
 
-    yield delay
-    for name in delayed:
-        if replica_cluster.is_up(name):
-            replica_cluster.delay(name, 0)
+@pytest.fixture
+def freeze_node(replica_cluster: Cluster) -> Iterator[Callable[[str], None]]:
+    """SIGSTOP the named node's postmaster and backends (a hung host) until the test ends."""
+    yield from _undone_at_teardown(replica_cluster, replica_cluster.freeze, replica_cluster.thaw)
+
+
+@pytest.fixture
+def recovery_conflicts(replica_cluster: Cluster) -> Iterator[Callable[[str], None]]:
+    """Make the named replica cancel queries on recovery conflicts until the test ends."""
+    yield from _undone_at_teardown(
+        replica_cluster,
+        replica_cluster.conflicts,
+        lambda name: replica_cluster.conflicts(name, on=False),
+    )

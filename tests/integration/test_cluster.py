@@ -14,6 +14,8 @@ import sys
 import tempfile
 import time
 import uuid
+from concurrent.futures import ThreadPoolExecutor
+from concurrent.futures import TimeoutError as FutureTimeout
 from pathlib import Path
 
 import psycopg
@@ -210,8 +212,42 @@ def test_delay_sets_and_clears_the_apply_delay(own_cluster: Cluster) -> None:
     assert own_cluster.query("replica_1", setting) == "0"
 
 
+def test_freeze_leaves_clients_hanging_until_thaw(own_cluster: Cluster) -> None:
+    # A hung host sends no error and no RST: an open connection waits, and a
+    # new one gets no answer, for as long as the freeze lasts.
+    with own_cluster.connect("replica_1") as conn, ThreadPoolExecutor(1) as pool:
+        assert _cli(own_cluster, "freeze", "replica_1").returncode == 0
+        try:
+            assert own_cluster.is_frozen("replica_1")
+            pending = pool.submit(lambda: conn.execute("SELECT 42").fetchone())
+            with pytest.raises(FutureTimeout):
+                pending.result(timeout=1)
+            with pytest.raises(psycopg.OperationalError, match="timeout"):
+                psycopg.connect(own_cluster.conninfo("replica_1"), connect_timeout=2)
+        finally:
+            assert _cli(own_cluster, "thaw", "replica_1").returncode == 0
+        assert pending.result(timeout=10) == (42,)
+    assert not own_cluster.is_frozen("replica_1")
+
+
+def test_conflicts_makes_a_replica_cancel_conflicting_queries(own_cluster: Cluster) -> None:
+    def settings() -> dict[str, str]:
+        rows = own_cluster.query(
+            "replica_1",
+            "SELECT json_object_agg(name, setting) FROM pg_settings "
+            "WHERE name IN ('hot_standby_feedback', 'max_standby_streaming_delay')",
+        )
+        return dict(rows)
+
+    assert _cli(own_cluster, "conflicts", "replica_1").returncode == 0
+    assert settings() == {"hot_standby_feedback": "off", "max_standby_streaming_delay": "0"}
+    assert _cli(own_cluster, "conflicts", "replica_1", "--off").returncode == 0
+    assert settings() == {"hot_standby_feedback": "on", "max_standby_streaming_delay": "30000"}
+
+
 def test_down_leaves_no_server_process_and_no_directory(own_cluster: Cluster) -> None:
     assert _server_processes(own_cluster.dir)
+    own_cluster.freeze("replica_1")  # a hung node must not keep its processes alive
     assert _cli(own_cluster, "down").returncode == 0
     deadline = time.monotonic() + 10
     while _server_processes(own_cluster.dir) and time.monotonic() < deadline:
