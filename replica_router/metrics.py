@@ -88,6 +88,7 @@ _WRITES = _Family()  # alias
 _PINS_SET = _Family()
 _PINS_HONOURED = _Family()
 _FAILOVERS = _Family()  # from_alias, to_alias
+_CONFLICTS = _Family()  # alias
 
 
 class Counters:
@@ -135,6 +136,11 @@ class Counters:
         """Count a connection made to ``to_alias`` because ``from_alias`` failed."""
         _FAILOVERS.counter(from_alias, to_alias)()
 
+    @staticmethod
+    def recovery_conflict(alias: str) -> None:
+        """Count a read ``alias`` cancelled for a conflict with recovery (run again elsewhere)."""
+        _CONFLICTS.counter(alias)()
+
 
 class ReplicaRouterCollector(Collector):
     """Reports the counts, the monitor's snapshot and the pools when scraped.
@@ -164,6 +170,7 @@ class ReplicaRouterCollector(Collector):
             ("pins_set", _PINS_SET),
             ("pins_honoured", _PINS_HONOURED),
             ("failovers", _FAILOVERS),
+            ("recovery_conflicts", _CONFLICTS),
         ):
             metric = families[name]
             assert isinstance(metric, CounterMetricFamily)
@@ -234,6 +241,12 @@ _FAMILIES: Final[Mapping[str, tuple[Callable[..., Metric], str, str, tuple[str, 
         "replica_router_failovers",
         "Connections made to a stand-in because a replica could not give one.",
         ("from_alias", "to_alias"),
+    ),
+    "recovery_conflicts": (
+        CounterMetricFamily,
+        "replica_router_recovery_conflicts",
+        "Reads a replica cancelled for a conflict with recovery, then run again elsewhere.",
+        _ALIAS,
     ),
     "node_state": (
         GaugeMetricFamily,

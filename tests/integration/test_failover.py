@@ -176,3 +176,174 @@ def test_with_the_primary_down_reads_go_on_and_writes_fail_fast(seeded, replica_
             replica_cluster.wait_streaming()
             replica_cluster.wait_replayed()
             connections["default"].close()
+
+
+# -- faults other than a dead server ---------------------------------------------
+
+SLOW_READ = "SELECT pg_sleep(1), inet_server_port(), count(*) FROM testapp_author"
+
+
+def _read_in_thread(alias: str, sql: str = SLOW_READ) -> tuple[threading.Thread, dict]:
+    """Start ``sql`` on ``alias`` in a thread of its own; its row or error lands in the dict."""
+    outcome: dict = {}
+
+    def read() -> None:
+        try:
+            with connections[alias].cursor() as cursor:
+                cursor.execute(sql)
+                outcome["row"] = cursor.fetchone()
+        except Exception as exc:
+            outcome["error"] = exc
+        finally:
+            connections.close_all()
+
+    thread = threading.Thread(target=read)
+    thread.start()
+    return thread, outcome
+
+
+def _running_on(cluster: Cluster, node: str, sql: str = SLOW_READ) -> int | None:
+    """The pid of the backend running ``sql`` on ``node``, once it runs."""
+    return cluster.query(
+        node,
+        "SELECT pid FROM pg_stat_activity WHERE query = %s AND state = 'active'",
+        [sql],
+    )
+
+
+def _recovery_conflicts(cluster: Cluster, node: str) -> int:
+    return int(
+        cluster.query(
+            node,
+            "SELECT sum(confl_tablespace + confl_lock + confl_snapshot + confl_bufferpin"
+            " + confl_deadlock) FROM pg_stat_database_conflicts",
+        )
+    )
+
+
+@db
+def test_a_read_cancelled_for_a_recovery_conflict_runs_again_elsewhere(
+    seeded, slow_monitor: Monitor, recovery_conflicts, replica_cluster: Cluster
+):
+    recovery_conflicts("replica_1")
+    conflicts_before = _recovery_conflicts(replica_cluster, "replica_1")
+    thread, outcome = _read_in_thread("replica_1")
+    wait_for(lambda: _running_on(replica_cluster, "replica_1") is not None)
+    # An exclusive lock on the primary is replayed on the replica, where it
+    # conflicts with the read's lock: with no streaming delay allowed, the
+    # replica cancels the read at once ("conflict with recovery", 40001).
+    with transaction.atomic(using="default"), connections["default"].cursor() as cursor:
+        cursor.execute("LOCK TABLE testapp_author IN ACCESS EXCLUSIVE MODE")
+    thread.join(30)
+    assert "error" not in outcome, outcome.get("error")
+    assert outcome["row"][1] == replica_cluster.port("replica_2")
+    assert _recovery_conflicts(replica_cluster, "replica_1") > conflicts_before
+    # The replica is fine: it stays in rotation.
+    assert slow_monitor.snapshot.node("replica_1").in_rotation
+
+
+@db
+@pytest.mark.parametrize("alias", ["replica_1", "replica_2"])  # persistent, pooled
+def test_a_read_whose_session_the_server_terminates_runs_again_elsewhere(
+    alias, seeded, slow_monitor: Monitor, replica_cluster: Cluster
+):
+    thread, outcome = _read_in_thread(alias)
+    wait_for(lambda: _running_on(replica_cluster, alias) is not None)
+    # FATAL 57P01 "terminating connection due to administrator command": what a
+    # backend says before it closes, as in a shutdown or a crash of the server.
+    replica_cluster.query(
+        alias, "SELECT pg_terminate_backend(%s)", [_running_on(replica_cluster, alias)]
+    )
+    thread.join(30)
+    assert "error" not in outcome, outcome.get("error")
+    other = "replica_2" if alias == "replica_1" else "replica_1"
+    assert outcome["row"][1] == replica_cluster.port(other)
+    assert slow_monitor.snapshot.node(alias).state is State.DOWN
+
+
+@db
+def test_a_replica_that_dies_while_the_connection_is_set_up_is_read_around(
+    seeded, slow_monitor: Monitor, replica_cluster: Cluster, monkeypatch
+):
+    # The server accepts the connection, then goes before the session's set-up
+    # queries (SET TIME ZONE) are done: as when it is killed at that moment. The
+    # same set-up runs for a persistent connection and for one per request.
+    from django.db.backends.postgresql.base import DatabaseWrapper as DjangoWrapper
+
+    set_up = DjangoWrapper.init_connection_state
+    ended: list[int] = []
+
+    def dies_during_set_up(self) -> None:
+        if self.alias == "replica_1" and not ended:
+            pid = self.connection.info.backend_pid
+            replica_cluster.query("replica_1", "SELECT pg_terminate_backend(%s, 5000)", [pid])
+            ended.append(pid)
+        set_up(self)
+
+    monkeypatch.setattr(DjangoWrapper, "init_connection_state", dies_during_set_up)
+    # A time zone other than the server's, so that the set-up runs SET TIME ZONE.
+    with override_settings(USE_TZ=False, TIME_ZONE="America/Chicago"):
+        connections["replica_1"].close()
+        assert served_port("replica_1") == replica_cluster.port("replica_2")
+    assert ended
+    assert slow_monitor.snapshot.node("replica_1").state is State.DOWN
+
+
+@pytest.fixture
+def fast_monitor(replica_cluster: Cluster) -> Iterator[Monitor]:
+    """A monitor that probes every 0.2 s and gives a probe 0.3 s to answer."""
+    replica_cluster.wait_replayed()
+    fast = {**settings.REPLICA_ROUTER, "CHECK_INTERVAL": 0.2, "CHECK_TIMEOUT": 0.3}
+    with override_settings(REPLICA_ROUTER=fast):
+        router.db_for_read(Author)
+        monitor = get_monitor()
+        assert monitor is not None and monitor.running
+        yield monitor
+
+
+PLAIN_READ = "SELECT inet_server_port(), count(*) FROM testapp_author"
+
+
+@db
+@pytest.mark.parametrize(
+    ("alias", "connected"),
+    [
+        ("replica_1", True),  # a persistent connection, open when the host hangs
+        ("replica_1", False),  # a new connection, made while the host hangs
+        ("replica_2", True),  # a pooled connection, in use when the host hangs
+    ],
+    ids=["persistent", "new-connection", "pooled"],
+)
+def test_a_read_on_a_hung_replica_runs_elsewhere_once_the_monitor_finds_it_down(
+    alias, connected, seeded, fast_monitor: Monitor, freeze_node, replica_cluster: Cluster
+):
+    outcome: dict = {}
+    opened, frozen = threading.Event(), threading.Event()
+
+    def read() -> None:
+        try:
+            if connected:
+                served_port(alias)  # this thread's connection is open when the host hangs
+            opened.set()
+            frozen.wait(30)
+            with connections[alias].cursor() as cursor:
+                cursor.execute(PLAIN_READ)
+                outcome["row"] = cursor.fetchone()
+        except Exception as exc:
+            outcome["error"] = exc
+        finally:
+            connections.close_all()
+
+    thread = threading.Thread(target=read)
+    thread.start()
+    assert opened.wait(30)
+    freeze_node(alias)  # thawed when the test ends, not before
+    frozen.set()
+    # Without the cut-off the read waits for as long as the host hangs: here,
+    # until the test ends.
+    thread.join(20)
+    assert not thread.is_alive(), "the read is still waiting on the hung replica"
+    assert "error" not in outcome, outcome.get("error")
+    other = "replica_2" if alias == "replica_1" else "replica_1"
+    assert outcome["row"][0] == replica_cluster.port(other)
+    assert fast_monitor.snapshot.node(alias).state is State.DOWN

@@ -23,6 +23,7 @@ health monitor puts it back in rotation.
 
 from __future__ import annotations
 
+import contextlib
 import logging
 from collections.abc import Callable
 from typing import Any
@@ -33,7 +34,10 @@ from django.db.backends import utils
 from django.db.backends.postgresql import base
 from django.dispatch import receiver
 
+from replica_router.backends.postgresql.cutoff import cut_connections_to
+from replica_router.backends.postgresql.faults import Fault, classify
 from replica_router.conf import CONNECT_TIMEOUT, get_config
+from replica_router.health.aliases import address
 from replica_router.router import alternative_for
 from replica_router.runtime import PRIMARY, REPLICA, get_counters, get_monitor, role_of
 from replica_router.signals import replica_state_changed
@@ -54,6 +58,9 @@ class DatabaseWrapper(base.DatabaseWrapper):
         #: The alias whose server this connection was made to instead, or None.
         self.borrowed_from: str | None = None
         self._connecting = False
+        #: The next connection goes to a stand-in: a read this replica
+        #: cancelled for a recovery conflict is run again elsewhere.
+        self._avoid_own_server = False
 
     # -- connecting ------------------------------------------------------------
 
@@ -62,15 +69,39 @@ class DatabaseWrapper(base.DatabaseWrapper):
         # count as the one cursor a borrowed connection serves.
         self._connecting = True
         try:
-            super().connect()
+            try:
+                super().connect()
+            except psycopg.Error as exc:
+                if not self._set_up_failed(exc):
+                    raise
+                super().connect()  # to a stand-in, see get_new_connection
         finally:
             self._connecting = False
+
+    def _set_up_failed(self, exc: psycopg.Error) -> bool:
+        """A replica died after accepting the connection, during the session's set-up
+        (time zone, role): treat it as a refused connection. Returns whether to
+        connect again, elsewhere."""
+        connection = self.connection
+        if connection is None or self.borrowed_from is not None:
+            return False  # connecting failed (handled there), or a stand-in failed
+        if role_of(self.alias) is not REPLICA or classify(exc, connection) is not Fault.GONE:
+            return False
+        self.connection = None
+        with contextlib.suppress(psycopg.Error):
+            connection.close()
+        self._replica_failed(exc)
+        self._avoid_own_server = True
+        return True
 
     def get_new_connection(self, conn_params: dict[str, Any]) -> Any:
         if self.borrowed_from is not None:
             self._give_back()
         if role_of(self.alias) is not REPLICA:
             return super().get_new_connection(conn_params)
+        if self._avoid_own_server:
+            self._avoid_own_server = False
+            return self._connect_elsewhere(None)
         if _known_down(self.alias):
             # Raced with the monitor: do not wait on a server known to be dead.
             return self._connect_elsewhere(None)
@@ -158,9 +189,9 @@ class DatabaseWrapper(base.DatabaseWrapper):
                 self.connection.close()
             self.connection = None
 
-    # -- a read whose connection broke ---------------------------------------
+    # -- a read that failed ------------------------------------------------------
 
-    # Cursors of replica aliases retry a broken read; cursors of the primary
+    # Cursors of replica aliases retry a failed read; cursors of the primary
     # note writes. Cursor classes rather than execute wrappers: Django's
     # wrapper machinery costs every query a few microseconds.
     def make_cursor(self, cursor: Any) -> Any:
@@ -179,26 +210,33 @@ class DatabaseWrapper(base.DatabaseWrapper):
             return _WriteNotingCursorDebugWrapper(cursor, self)
         return super().make_debug_cursor(cursor)
 
-    def retry_broken_read(
+    def retry_read(
         self, cursor_wrapper: Any, error: OperationalError, run: Callable[[], Any]
     ) -> Any:
-        """Run a read again elsewhere after ``error``, if that is safe; else re-raise."""
-        if not self._may_retry(cursor_wrapper.last_sql, False, cursor_wrapper):
+        """Run a read again elsewhere after ``error``, once, if the error shows a
+        fault of the replica (see ``faults``) and running it again is safe; else
+        re-raise."""
+        fault = classify(error, self.connection)
+        if fault is None or not self._may_retry(cursor_wrapper.last_sql, cursor_wrapper):
             raise error
-        self._replica_failed(error)
-        logger.info("replica_router: %s broke during a read; retrying it once", self.alias)
+        if fault is Fault.CONFLICT:
+            logger.info("replica_router: %s cancelled a read (recovery conflict)", self.alias)
+            _count_conflict(self.alias)
+            self._avoid_own_server = True
+        else:
+            logger.info("replica_router: %s broke during a read; retrying it once", self.alias)
+            self._replica_failed(error)
         self.close()
         self.ensure_connection()
         cursor_wrapper.cursor = self.create_cursor()
         return run()
 
-    def _may_retry(self, sql: Any, many: bool, cursor_wrapper: Any) -> bool:
-        if many or self.in_atomic_block or not self.get_autocommit():
+    def _may_retry(self, sql: Any, cursor_wrapper: Any) -> bool:
+        """One plain SELECT, in autocommit mode, not through a server-side cursor."""
+        if self.in_atomic_block or not self.get_autocommit():
             return False
         if role_of(self.alias) is not REPLICA or getattr(cursor_wrapper.cursor, "name", None):
             return False
-        if self.connection is not None and not (self.connection.closed or self.connection.broken):
-            return False  # the server answered with an error; running it again won't help
         return is_plain_read(sql)
 
 
@@ -209,7 +247,7 @@ _django_executemany = utils.CursorWrapper._executemany  # type: ignore[attr-defi
 
 
 class _RetryMixin:
-    """``_execute`` that hands a broken read to :meth:`DatabaseWrapper.retry_broken_read`."""
+    """``_execute`` that hands a failed read to :meth:`DatabaseWrapper.retry_read`."""
 
     db: DatabaseWrapper
     last_sql: Any = None
@@ -219,7 +257,7 @@ class _RetryMixin:
             return _django_execute(self, sql, params, *ignored_wrapper_args)
         except OperationalError as exc:
             self.last_sql = sql
-            return self.db.retry_broken_read(
+            return self.db.retry_read(
                 self, exc, lambda: _django_execute(self, sql, params, *ignored_wrapper_args)
             )
 
@@ -278,8 +316,18 @@ def _drop_pool(alias: str) -> None:
 
 
 @receiver(replica_state_changed, dispatch_uid="replica_router.backends.drop_pool")
-def _drop_pool_of_down_replica(*, alias: str, new_state: str, **kwargs: Any) -> None:
+def _cut_off_down_replica(*, alias: str, new_state: str, **kwargs: Any) -> None:
+    """A replica found down, dead or hung: nothing of this process waits on it.
+
+    Its connections are shut down first, so that reads waiting on a hung
+    server fail over now; then its pool is dropped, which wakes the threads
+    waiting for one of its connections.
+    """
     if new_state == "down":
+        host, port = address(alias)
+        cut = cut_connections_to(host, int(port))
+        if cut:
+            logger.info("replica_router: cut %d connections to %s (down)", cut, alias)
         _drop_pool(alias)
 
 
@@ -287,6 +335,12 @@ def _count_failover(from_alias: str, to_alias: str) -> None:
     counters = get_counters()
     if counters is not None:
         counters.failover(from_alias, to_alias)
+
+
+def _count_conflict(alias: str) -> None:
+    counters = get_counters()
+    if counters is not None:
+        counters.recovery_conflict(alias)
 
 
 def _report_failure(alias: str, exc: BaseException) -> None:
