@@ -655,6 +655,17 @@ class Cluster:
                 raise ClusterError(f"{name}: the conflict settings did not take effect")
             time.sleep(0.02)
 
+    def recovery_conflicts(self, name: str) -> int:
+        """How many queries ``name`` has cancelled for conflicts with recovery, in all
+        its databases (``pg_stat_database_conflicts``)."""
+        return int(
+            self.query(
+                name,
+                "SELECT coalesce(sum(confl_tablespace + confl_lock + confl_snapshot"
+                " + confl_bufferpin + confl_deadlock), 0) FROM pg_stat_database_conflicts",
+            )
+        )
+
     def delay(self, name: str, seconds: float) -> None:
         """Apply WAL on ``name`` only ``seconds`` after the primary committed it (0 clears)."""
         self._require_replica(name)

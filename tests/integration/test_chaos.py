@@ -15,9 +15,11 @@ from dataclasses import dataclass, field
 
 import pytest
 from django.conf import settings
-from django.db import connections, router
+from django.db import close_old_connections, connections, router
+from django.db.backends.postgresql.base import DatabaseWrapper
 from django.db.models.expressions import RawSQL
 from django.test import override_settings
+from prometheus_client import REGISTRY
 
 from replica_router.runtime import get_monitor
 from replica_router.testing.cluster import PRIMARY, Cluster
@@ -64,12 +66,24 @@ class Load:
                     with self.lock:
                         self.failures.append(f"{type(exc).__name__}: {exc}")
                     continue
+                finally:
+                    self._end_request()
                 finished = time.perf_counter()
                 age = time.time() - float(beat)
                 with self.lock:
                     self.reads.append((started, finished - started, port, age))
         finally:
             connections.close_all()
+
+    def _end_request(self) -> None:
+        # What the end of a request does: a connection with CONN_MAX_AGE 0 is
+        # closed (a pooled one goes back to its pool). An error there is one
+        # the user would see too.
+        try:
+            close_old_connections()
+        except Exception as exc:
+            with self.lock:
+                self.failures.append(f"closing: {type(exc).__name__}: {exc}")
 
     def _writer(self) -> None:
         try:
@@ -200,3 +214,130 @@ def test_chaos_primary_stopped_under_read_load(replica_cluster: Cluster, capsys)
         )
     assert load.failures == []
     assert len(during) > 0
+
+
+# -- every fault a replica has, in every way Django holds connections ---------------
+
+# The issue's set-up: probes every 0.5 s, each given 0.5 s to answer.
+FAULTS = {**CHAOS, "CHECK_INTERVAL": 0.5, "CHECK_TIMEOUT": 0.5, "MAX_LAG_SECONDS": 5.0}
+MODES = {
+    "pooled": {
+        "CONN_MAX_AGE": 0,
+        "OPTIONS": {"pool": {"min_size": 1, "max_size": 8, "timeout": 1}},
+    },
+    "persistent": {"CONN_MAX_AGE": 60, "OPTIONS": {}},
+    "per-request": {"CONN_MAX_AGE": 0, "OPTIONS": {}},
+}
+FAULT_AT, FAULT_FOR, RUN_FOR = 2.0, 7.0, 11.0
+
+
+def _conflict_storm(cluster: Cluster, stop: threading.Event) -> None:
+    """Keep the primary updating and vacuuming the table being read.
+
+    Each VACUUM removes the row versions the UPDATE before it left behind; with
+    the replicas set to cancel conflicting queries, replaying that removal
+    cancels the reads that may still need them.
+    """
+    with cluster.connect(PRIMARY, dbname=connections["default"].settings_dict["NAME"]) as conn:
+        while not stop.is_set():
+            conn.execute("UPDATE testapp_author SET name = name")
+            conn.execute("VACUUM testapp_author")
+
+
+def _cause(fault: str, cluster: Cluster, target: str, stop: threading.Event) -> None:
+    if fault == "kill":
+        cluster.kill(target)
+        stop.wait(FAULT_FOR)
+        cluster.start(target)
+    elif fault == "freeze":
+        with cluster.frozen(target):
+            stop.wait(FAULT_FOR)
+    else:
+        _conflict_storm(cluster, stop)
+
+
+@db
+@pytest.mark.parametrize("mode", MODES)
+@pytest.mark.parametrize("fault", ["kill", "freeze", "conflicts"])
+def test_chaos_faults_under_read_load(
+    fault, mode, replica_cluster: Cluster, recovery_conflicts, monkeypatch, capsys
+):
+    """8 readers through the router while a replica is killed, frozen for 7 s, or
+    both replicas cancel reads in a conflict storm: no read fails."""
+    for alias in ("replica_1", "replica_2"):
+        for key, value in MODES[mode].items():
+            monkeypatch.setitem(settings.DATABASES[alias], key, value)
+    if fault == "conflicts":
+        for alias in ("replica_1", "replica_2"):
+            recovery_conflicts(alias)
+    heartbeat = Author.objects.create(name=repr(time.time()))
+    replica_cluster.wait_replayed()
+    ports = {replica_cluster.port(name): name for name in replica_cluster.nodes}
+    conflicts_before = _conflicts_retried()
+    target = "replica_1"
+    stop_fault = threading.Event()
+    went_down = []
+    with override_settings(REPLICA_ROUTER={**settings.REPLICA_ROUTER, **FAULTS}):
+        router.db_for_read(Author)
+        monitor = get_monitor()
+        assert monitor is not None and monitor.running
+        load = Load(heartbeat.pk)
+        t0 = time.perf_counter()
+        load.start()
+        faulting = threading.Thread(
+            target=_cause, args=(fault, replica_cluster, target, stop_fault), daemon=True
+        )
+        try:
+            time.sleep(FAULT_AT)
+            faulting.start()
+            while time.perf_counter() < t0 + RUN_FOR:
+                if monitor.snapshot.node(target).state == "down":
+                    went_down.append(True)
+                time.sleep(0.05)
+        finally:
+            stop_fault.set()
+            faulting.join(30)
+            load.finish()
+            _restore(replica_cluster)
+
+    conflicts = _conflicts_retried() - conflicts_before
+    latencies = [r[1] for r in load.reads]
+    on_replicas = sum(1 for r in load.reads if ports.get(r[2], PRIMARY) != PRIMARY)
+    share = on_replicas / len(load.reads) if load.reads else 0.0
+    with capsys.disabled():
+        print(
+            f"\nchaos {fault}, {mode}: {READERS} readers for {time.perf_counter() - t0:.1f} s, "
+            f"{len(load.reads)} reads, {len(load.failures)} failed, "
+            f"{share:.0%} served by replicas, {conflicts:.0f} cancelled by a replica for a "
+            "recovery conflict and run again elsewhere; "
+            f"p99 {_percentile(latencies, 99) * 1000:.1f} ms, "
+            f"slowest {max(latencies, default=0) * 1000:.1f} ms"
+        )
+    assert load.failures == [], load.failures[:3]
+    if fault in ("kill", "freeze"):
+        assert went_down, f"{target} never left rotation: the fault did not happen"
+    else:
+        assert conflicts > 0, "no read was cancelled: the conflict storm did not happen"
+
+
+def _conflicts_retried() -> float:
+    """Reads the replicas cancelled for recovery conflicts, counted by the failover
+    engine (the server's own count is flushed only when its backends go idle)."""
+    return sum(
+        REGISTRY.get_sample_value("replica_router_recovery_conflicts_total", {"alias": alias}) or 0
+        for alias in ("replica_1", "replica_2")
+    )
+
+
+def _restore(cluster: Cluster) -> None:
+    """Every node running, streaming and caught up; no connection or pool of this
+    process left pointing at a server that was killed or frozen."""
+    for name in cluster.nodes:
+        cluster.thaw(name)
+        cluster.start(name)
+    cluster.wait_streaming()
+    cluster.wait_replayed()
+    connections.close_all()
+    pools = DatabaseWrapper._connection_pools
+    for alias in list(pools):
+        pools.pop(alias).close()

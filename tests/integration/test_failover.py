@@ -211,22 +211,12 @@ def _running_on(cluster: Cluster, node: str, sql: str = SLOW_READ) -> int | None
     )
 
 
-def _recovery_conflicts(cluster: Cluster, node: str) -> int:
-    return int(
-        cluster.query(
-            node,
-            "SELECT sum(confl_tablespace + confl_lock + confl_snapshot + confl_bufferpin"
-            " + confl_deadlock) FROM pg_stat_database_conflicts",
-        )
-    )
-
-
 @db
 def test_a_read_cancelled_for_a_recovery_conflict_runs_again_elsewhere(
     seeded, slow_monitor: Monitor, recovery_conflicts, replica_cluster: Cluster
 ):
     recovery_conflicts("replica_1")
-    conflicts_before = _recovery_conflicts(replica_cluster, "replica_1")
+    conflicts_before = replica_cluster.recovery_conflicts("replica_1")
     thread, outcome = _read_in_thread("replica_1")
     wait_for(lambda: _running_on(replica_cluster, "replica_1") is not None)
     # An exclusive lock on the primary is replayed on the replica, where it
@@ -237,7 +227,7 @@ def test_a_read_cancelled_for_a_recovery_conflict_runs_again_elsewhere(
     thread.join(30)
     assert "error" not in outcome, outcome.get("error")
     assert outcome["row"][1] == replica_cluster.port("replica_2")
-    assert _recovery_conflicts(replica_cluster, "replica_1") > conflicts_before
+    assert replica_cluster.recovery_conflicts("replica_1") > conflicts_before
     # The replica is fine: it stays in rotation.
     assert slow_monitor.snapshot.node("replica_1").in_rotation
 

@@ -301,9 +301,11 @@ def test_causal_decorates_coroutines_in_the_running_task():
 def test_a_write_outside_any_block_is_remembered_by_the_context():
     from replica_router.context import _wrote_outside, note_write
 
-    def run() -> bool:
+    def run() -> tuple[bool, bool]:
+        before = _wrote_outside.get()
         note_write()
-        return _wrote_outside.get()
+        return before, _wrote_outside.get()
 
-    assert contextvars.copy_context().run(run) is True
-    assert _wrote_outside.get() is False
+    outer = _wrote_outside.get()
+    assert contextvars.Context().run(run) == (False, True)
+    assert _wrote_outside.get() is outer

@@ -55,6 +55,9 @@ def test_a_lost_connection_is_gone(connection):
 )
 def test_a_recovery_conflict_is_a_conflict(error):
     assert classify(django_error(error), OPEN) is Fault.CONFLICT
+    # Also when the replica ended the session for it: the replica is healthy.
+    closed = SimpleNamespace(closed=True, broken=False)
+    assert classify(django_error(error), closed) is Fault.CONFLICT
 
 
 @pytest.mark.parametrize(

@@ -79,18 +79,23 @@ class DatabaseWrapper(base.DatabaseWrapper):
             self._connecting = False
 
     def _set_up_failed(self, exc: psycopg.Error) -> bool:
-        """A replica died after accepting the connection, during the session's set-up
-        (time zone, role): treat it as a refused connection. Returns whether to
-        connect again, elsewhere."""
+        """The session's set-up (time zone, role) failed on a replica after it
+        accepted the connection: it died (treated like a refused connection), or
+        cancelled a set-up query for a recovery conflict (it stays in rotation).
+        Returns whether to connect again, elsewhere."""
         connection = self.connection
         if connection is None or self.borrowed_from is not None:
             return False  # connecting failed (handled there), or a stand-in failed
-        if role_of(self.alias) is not REPLICA or classify(exc, connection) is not Fault.GONE:
+        fault = classify(exc, connection)
+        if role_of(self.alias) is not REPLICA or fault is None:
             return False
         self.connection = None
         with contextlib.suppress(psycopg.Error):
             connection.close()
-        self._replica_failed(exc)
+        if fault is Fault.GONE:
+            self._replica_failed(exc)
+        else:
+            _count_conflict(self.alias)
         self._avoid_own_server = True
         return True
 

@@ -47,8 +47,11 @@ def classify(error: BaseException, connection: Any) -> Fault | None:
     sqlstate = _sqlstate(error)
     if sqlstate is not None and sqlstate.startswith(_GONE_CLASS):
         return Fault.GONE
-    if connection is None or connection.closed or connection.broken:
-        return Fault.GONE
+    # Checked before the connection: a replica ends an idle-in-transaction
+    # session that blocks replay with the same SQLSTATE (FATAL "terminating
+    # connection due to conflict with recovery"), and is just as healthy.
     if sqlstate in _CONFLICT_STATES:
         return Fault.CONFLICT
+    if connection is None or connection.closed or connection.broken:
+        return Fault.GONE
     return None
