@@ -11,7 +11,10 @@ import pytest
 
 from replica_router.testing.cluster import main
 
-COMMANDS = "{up,down,status,env,pause,resume,kill,start,promote,rebuild,delay,stop-primary,run}"
+COMMANDS = (
+    "{up,down,status,env,pause,resume,kill,freeze,thaw,start,promote,rebuild,conflicts,"
+    "delay,stop-primary,run}"
+)
 
 
 def test_every_subcommand_is_offered(capsys):
