@@ -84,6 +84,8 @@ class NodeStatus:
             "in_rotation": self.in_rotation,
             "lag_seconds": _round(self.lag_seconds, 3),
             "lag_bytes": self.lag_bytes,
+            "recovery_conflicts": self.recovery_conflicts,
+            "recovery_conflicts_per_second": _round(self.recovery_conflicts_per_second, 3),
         }
         if topology:
             data.update(
