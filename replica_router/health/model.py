@@ -44,6 +44,8 @@ class Probe:
     streaming: bool | None = None
     replay_paused: bool = False
     replay_lags: Mapping[str, float] = field(default_factory=dict)
+    #: A standby's queries cancelled so far on recovery conflicts, in its database.
+    recovery_conflicts: int | None = None
 
 
 @dataclass(frozen=True, slots=True)
@@ -62,6 +64,8 @@ class NodeStatus:
     checked_at: datetime | None = None
     lag_seconds: float | None = None
     lag_bytes: int | None = None
+    recovery_conflicts: int | None = None
+    recovery_conflicts_per_second: float | None = None
     rtt: float | None = None
     lsn: int | None = None
     last_error: str | None = None
@@ -80,6 +84,8 @@ class NodeStatus:
             "in_rotation": self.in_rotation,
             "lag_seconds": _round(self.lag_seconds, 3),
             "lag_bytes": self.lag_bytes,
+            "recovery_conflicts": self.recovery_conflicts,
+            "recovery_conflicts_per_second": _round(self.recovery_conflicts_per_second, 3),
         }
         if topology:
             data.update(

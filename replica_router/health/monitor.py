@@ -15,6 +15,10 @@ Lag is measured two ways, and a replica over either threshold is ``lagging``:
   streaming (so an idle primary never makes its replicas look late), otherwise
   the age of the last transaction it replayed, or the primary's
   ``pg_stat_replication.replay_lag`` when it has replayed none yet.
+
+Each replica's recovery conflicts (queries it cancelled because they conflicted
+with WAL replay) are counted and turned into a rate, but never take it out of
+rotation: docs/health.md says why.
 """
 
 from __future__ import annotations
@@ -196,7 +200,12 @@ class Monitor:
         )
         if verdict.state is State.DOWN:
             tracker.last_error = scrub(result.error, alias)
-        tracker.status = self._status(tracker, result, lag_seconds=lag.seconds, lag_bytes=lag.bytes)
+        conflicts = tracker.count_conflicts(result, now=cycle_started)
+        tracker.status = replace(
+            self._status(tracker, result, lag_seconds=lag.seconds, lag_bytes=lag.bytes),
+            recovery_conflicts=conflicts.total,
+            recovery_conflicts_per_second=conflicts.per_second,
+        )
         return change
 
     @staticmethod

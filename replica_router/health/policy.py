@@ -2,12 +2,14 @@
 
 No I/O and no clock of its own (callers pass ``now``), so every rule here is
 tested without a server: the lag in seconds, the verdict on one probe, the
-hysteresis that keeps a recovering replica out until it has proved itself, and
-the circuit breaker that probes a down replica less and less often.
+hysteresis that keeps a recovering replica out until it has proved itself, the
+circuit breaker that probes a down replica less and less often, and the rate of
+recovery conflicts.
 """
 
 from __future__ import annotations
 
+from collections import deque
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from typing import TYPE_CHECKING, Final, NamedTuple
@@ -15,22 +17,30 @@ from typing import TYPE_CHECKING, Final, NamedTuple
 from replica_router.health.model import NodeStatus, Probe, State
 
 if TYPE_CHECKING:
+    from collections.abc import Sequence
+
     from replica_router.conf import RouterConfig
 
 __all__ = [
+    "CONFLICT_RATE_WINDOW",
     "MAX_BACKOFF_INTERVALS",
     "Change",
+    "Conflicts",
     "Lag",
     "Tracker",
     "Verdict",
     "lag_seconds",
     "primary_verdict",
     "probe_gap",
+    "recovery_conflict_rate",
     "replica_verdict",
 ]
 
 #: A down replica is probed again after 1, 2, 4, then at most this many intervals.
 MAX_BACKOFF_INTERVALS: Final = 8
+#: The rate of recovery conflicts is taken over the probes of about the last
+#: this many seconds (over the last two probes when they are further apart).
+CONFLICT_RATE_WINDOW: Final = 10.0
 
 
 class Verdict(NamedTuple):
@@ -47,6 +57,13 @@ class Change(NamedTuple):
     old: State
     new: State
     reason: str
+
+
+class Conflicts(NamedTuple):
+    """A replica's recovery conflicts; None where they cannot be told."""
+
+    total: int | None
+    per_second: float | None
 
 
 class Lag(NamedTuple):
@@ -93,6 +110,17 @@ def lag_seconds(result: Probe, primary: Probe | None, alias: str) -> float | Non
     if primary is not None and alias in primary.replay_lags:
         return primary.replay_lags[alias]
     return None
+
+
+def recovery_conflict_rate(samples: Sequence[tuple[float, int]]) -> float | None:
+    """Conflicts per second from the oldest to the newest ``(monotonic time, count)``
+    sample; None with fewer than two samples (a rate needs two probes)."""
+    if len(samples) < 2:
+        return None
+    (first_at, first), (last_at, last) = samples[0], samples[-1]
+    if last_at <= first_at:
+        return None
+    return max(0, last - first) / (last_at - first_at)
 
 
 def primary_verdict(result: Probe) -> Verdict:
@@ -166,6 +194,8 @@ class Tracker:
     status: NodeStatus | None = None
     #: When a cycle that found the replica caught up started (monotonic).
     caught_up_at: float | None = None
+    #: (monotonic time, count) of the recovery conflicts of recent probes.
+    conflict_samples: deque[tuple[float, int]] = field(default_factory=deque)
 
     def set_state(self, state: State, reason: str, *, in_rotation: bool = False) -> Change | None:
         """Enter ``state``; returns the change, or None if the state is the same."""
@@ -230,3 +260,22 @@ class Tracker:
             # tighter than the age of the last transaction it replayed.
             seconds = min(seconds, now - self.caught_up_at)
         return Lag(lag_bytes, seconds)
+
+    def count_conflicts(self, result: Probe, *, now: float) -> Conflicts:
+        """The replica's recovery conflicts and their rate over
+        :data:`CONFLICT_RATE_WINDOW`, with this probe's count taken at ``now``."""
+        samples = self.conflict_samples
+        if not result.ok or result.recovery_conflicts is None:
+            # Unknown now; after a failure the rate starts again from the next
+            # good probe rather than spanning the outage.
+            samples.clear()
+            return Conflicts(None, None)
+        count = result.recovery_conflicts
+        if samples and count < samples[-1][1]:
+            samples.clear()  # the counters were reset (pg_stat_reset(), a crash)
+        samples.append((now, count))
+        # Keep the newest sample at least a window old as the base, so that the
+        # rate spans the whole window once the history is that long.
+        while len(samples) > 1 and samples[1][0] <= now - CONFLICT_RATE_WINDOW:
+            samples.popleft()
+        return Conflicts(count, recovery_conflict_rate(samples))

@@ -24,13 +24,20 @@ __all__ = ["APPLICATION_NAME", "ParallelProber", "ProbeConnections", "ProcessExi
 #: The ``application_name`` of the monitor's connections, unless the alias sets one.
 APPLICATION_NAME: Final = "replica_router monitor"
 
+# The recovery conflicts: pg_stat_database.conflicts is PostgreSQL's own total of
+# pg_stat_database_conflicts' columns (confl_active_logicalslot included from 16
+# on), so no list of columns per version. Any user may read it, in the same round
+# trip. Only a standby has any, so a primary reports none (NULL).
 _NODE_SQL = f"""
 SELECT pg_is_in_recovery(),
        CASE WHEN pg_is_in_recovery() THEN NULL ELSE {CURRENT_LSN} END,
        {RECEIVE_LSN},
        {REPLAY_LSN},
        EXTRACT(epoch FROM clock_timestamp() - pg_last_xact_replay_timestamp())::float8,
-       CASE WHEN pg_is_in_recovery() THEN pg_is_wal_replay_paused() END
+       CASE WHEN pg_is_in_recovery() THEN pg_is_wal_replay_paused() END,
+       CASE WHEN pg_is_in_recovery() THEN
+           (SELECT conflicts FROM pg_stat_database WHERE datname = current_database())
+       END
 """
 #: A replica that is replaying what it has just received (a checkpoint or
 #: running-xacts record on an idle primary, say) is looked at once more after
@@ -176,7 +183,7 @@ def _measure(conn: psycopg.Connection[Any], started: float) -> Probe:
         time.sleep(RECHECK_DELAY)
         row = conn.execute(_NODE_SQL).fetchone()
         assert row is not None
-    in_recovery, current, receive, replay, age, paused = row
+    in_recovery, current, receive, replay, age, paused, conflicts = row
     system_identifier = streaming = None
     try:
         extra = conn.execute(_PRIVILEGED_SQL).fetchone()
@@ -202,6 +209,7 @@ def _measure(conn: psycopg.Connection[Any], started: float) -> Probe:
         streaming=streaming,
         replay_paused=bool(paused),
         replay_lags=lags,
+        recovery_conflicts=None if conflicts is None else int(conflicts),
     )
 
 

@@ -1,15 +1,17 @@
 from __future__ import annotations
 
 import os
+import time
 from collections.abc import Callable, Iterator
 
+import psycopg
 import pytest
 from django.conf import settings
 from django.core.signals import setting_changed
 from django.db import connections
 from django.db.backends.postgresql.base import DatabaseWrapper
 
-from replica_router.testing.cluster import Cluster
+from replica_router.testing.cluster import PRIMARY, Cluster
 
 
 def pytest_collection_modifyitems(config, items):
@@ -87,3 +89,70 @@ def outage(replica_cluster: Cluster) -> Iterator[Cluster]:
                 value=settings.REPLICA_ROUTER,
                 enter=False,
             )
+
+
+CONFLICT_TABLE = "recovery_conflict_victim"
+
+
+@pytest.fixture
+def provoke_conflicts(
+    replica_cluster: Cluster, recovery_conflicts: Callable[[str], None]
+) -> Iterator[Callable[[str], int]]:
+    """Make a replica cancel real queries on recovery conflicts.
+
+    Call it with a replica's name. On that replica a reader keeps a
+    repeatable-read transaction open on a table, while the primary fills the
+    table, empties it and VACUUMs it: replaying the removal of rows the
+    reader's snapshot still sees, and the truncation's AccessExclusiveLock,
+    cancels the reader (SQLSTATE 40001, "conflict with recovery"), as a hot
+    standby without feedback cancels long reports under write load. Rounds go
+    on until the replica's own statistics (``pg_stat_database.conflicts`` of
+    the test database) count more conflicts than before, and the call returns
+    that count. The table is dropped and the replica put back afterwards.
+    """
+    dbname = connections["default"].settings_dict["NAME"]
+    with replica_cluster.connect(PRIMARY, dbname) as primary:
+        primary.execute(f"CREATE TABLE {CONFLICT_TABLE} (id int)")
+    readers: list[psycopg.Connection] = []
+
+    def server_count(name: str) -> int:
+        with replica_cluster.connect(name, dbname) as conn:
+            row = conn.execute(
+                "SELECT conflicts FROM pg_stat_database WHERE datname = current_database()"
+            ).fetchone()
+        assert row is not None
+        return int(row[0])
+
+    def provoke(name: str) -> int:
+        recovery_conflicts(name)
+        replica_cluster.wait_replayed([name])
+        before = server_count(name)
+        deadline = time.monotonic() + 60
+        cancelled = 0
+        while (count := server_count(name)) <= before:
+            assert time.monotonic() < deadline, f"{name} cancelled no query within 60s"
+            if not readers:
+                reader = psycopg.connect(replica_cluster.conninfo(name, dbname), autocommit=True)
+                readers.append(reader)
+                reader.execute("BEGIN ISOLATION LEVEL REPEATABLE READ")
+                reader.execute(f"SELECT count(*) FROM {CONFLICT_TABLE}")
+            with replica_cluster.connect(PRIMARY, dbname) as primary:
+                primary.execute(f"INSERT INTO {CONFLICT_TABLE} SELECT generate_series(1, 500)")
+                primary.execute(f"DELETE FROM {CONFLICT_TABLE}")
+                primary.execute(f"VACUUM {CONFLICT_TABLE}")
+            replica_cluster.wait_replayed([name])
+            try:
+                readers[0].execute(f"SELECT count(*) FROM {CONFLICT_TABLE}")
+            except (psycopg.errors.SerializationFailure, psycopg.OperationalError):
+                # Cancelled, or its session terminated: what the application sees.
+                readers.pop().close()
+                cancelled += 1
+        assert cancelled, "the statistics counted conflicts but no read of ours failed"
+        return count
+
+    yield provoke
+    for reader in readers:
+        reader.close()
+    with replica_cluster.connect(PRIMARY, dbname) as primary:
+        primary.execute(f"DROP TABLE {CONFLICT_TABLE}")
+    replica_cluster.wait_replayed()

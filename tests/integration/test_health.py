@@ -533,3 +533,36 @@ def test_a_monitor_in_an_exiting_process_stops_without_an_error(replica_cluster:
     assert result.returncode == 0, result.stderr
     assert result.stdout.strip() == "stopped", result.stdout
     assert "failed" not in result.stderr and "Traceback" not in result.stderr, result.stderr
+
+
+@db
+def test_recovery_conflicts_are_counted_per_replica_with_a_rate(
+    monitor_with, provoke_conflicts, replica_cluster: Cluster
+):
+    # A hot standby that cancels reads conflicting with WAL replay: the
+    # operator must see how many, and how fast, on the replica that does it.
+    monitor = monitor_with()
+    wait_for(lambda: node("replica_1").recovery_conflicts_per_second is not None)
+    before = node("replica_1").recovery_conflicts
+    assert before is not None and node("replica_1").recovery_conflicts_per_second == 0.0
+
+    counted = provoke_conflicts("replica_1")
+
+    assert counted > before
+    wait_for(
+        lambda: (
+            node("replica_1").recovery_conflicts >= counted
+            and node("replica_1").recovery_conflicts_per_second > 0
+        )
+    )
+    # Conflicts are only counted, never a reason to leave rotation (docs/health.md).
+    assert node("replica_1").in_rotation
+    assert node("replica_1").state is State.HEALTHY
+    replica_2 = node("replica_2")
+    assert replica_2.recovery_conflicts is not None
+    assert replica_2.recovery_conflicts_per_second is not None
+    primary = monitor.snapshot.primary
+    assert primary.recovery_conflicts is None  # only a standby has recovery conflicts
+    assert primary.recovery_conflicts_per_second is None
+    public = monitor.snapshot.as_dict(topology=False)["nodes"][1]
+    assert public["recovery_conflicts"] == node("replica_1").recovery_conflicts

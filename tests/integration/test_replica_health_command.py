@@ -48,6 +48,8 @@ NODE_SCHEMA = {
     "in_rotation": (bool,),
     "lag_seconds": (*NUMBER, type(None)),
     "lag_bytes": (int, type(None)),
+    "recovery_conflicts": (int, type(None)),
+    "recovery_conflicts_per_second": (*NUMBER, type(None)),
     "host": (str,),
     "port": (str,),
     "weight": (int, type(None)),
@@ -364,6 +366,11 @@ def test_watch_keeps_one_monitor_so_states_carry_across_refreshes(replica_cluste
         # a new Monitor per refresh would restart every "since".
         assert after["checked_at"] > before["checked_at"]
         assert after["since"] == before["since"]
+    # A rate needs two probes: none at the first refresh, one for each replica after.
+    rates = [[node["recovery_conflicts_per_second"] for node in d["nodes"]] for d in documents]
+    assert rates[0] == [None, None, None]
+    assert rates[-1][0] is None  # the primary has no recovery conflicts
+    assert all(rate is not None and rate >= 0 for rate in rates[-1][1:])
     assert PASSWORD not in out
 
 
@@ -378,3 +385,25 @@ def test_watch_with_check_exits_with_the_status_of_the_last_refresh(outage: Clus
     assert last["status"] == "degraded"
     assert states_of(last)["replica_2"] == "down"
     assert PASSWORD not in out
+
+
+@db
+def test_the_table_and_json_count_each_replicas_recovery_conflicts(
+    replica_cluster: Cluster, provoke_conflicts
+):
+    counted = provoke_conflicts("replica_1")
+
+    _, document = run_json()
+    _, table = run(no_color=True)
+
+    assert_schema(document)
+    nodes = {node["alias"]: node for node in document["nodes"]}
+    assert nodes["replica_1"]["recovery_conflicts"] >= counted > 0
+    assert isinstance(nodes["replica_2"]["recovery_conflicts"], int)
+    assert nodes["default"]["recovery_conflicts"] is None
+    # One probe per run: a rate needs two (see --watch).
+    assert {node["recovery_conflicts_per_second"] for node in nodes.values()} == {None}
+    rows = parse_table(table)
+    assert int(rows["replica_1"]["CONFLICTS"]) >= counted
+    assert rows["default"]["CONFLICTS"] == "-"
+    assert {row["CONFL/S"] for row in rows.values()} == {"-"}

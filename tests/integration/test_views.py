@@ -36,7 +36,16 @@ AUTH_MIDDLEWARE = [
     "django.contrib.sessions.middleware.SessionMiddleware",
     "django.contrib.auth.middleware.AuthenticationMiddleware",
 ]
-PUBLIC_KEYS = {"alias", "role", "state", "in_rotation", "lag_seconds", "lag_bytes"}
+PUBLIC_KEYS = {
+    "alias",
+    "role",
+    "state",
+    "in_rotation",
+    "lag_seconds",
+    "lag_bytes",
+    "recovery_conflicts",
+    "recovery_conflicts_per_second",
+}
 TOPOLOGY_KEYS = PUBLIC_KEYS | {
     "host",
     "port",

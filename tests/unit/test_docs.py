@@ -61,6 +61,8 @@ def test_every_json_field_has_a_row_in_the_schema():
         checked_at=now,
         lag_seconds=0.0,
         lag_bytes=0,
+        recovery_conflicts=3,
+        recovery_conflicts_per_second=0.1,
         rtt=0.001,
         lsn=1,
         last_error="x",
@@ -94,3 +96,37 @@ def test_every_documented_default_is_the_codes_default():
     }
     code = {name: list(v) if isinstance(v, tuple) else v for name, v in code.items()}
     assert documented == code
+
+
+def _section(start: str, end: str) -> str:
+    return HEALTH.split(start, 1)[1].split(end, 1)[0]
+
+
+def test_public_and_topology_fields_are_documented_in_their_own_tables():
+    now = datetime.now(UTC)
+    node = NodeStatus(
+        alias="replica_1",
+        role="replica",
+        host="db",
+        port="5432",
+        weight=1,
+        state=State.HEALTHY,
+        in_rotation=True,
+        reason="in rotation",
+        since=now,
+    )
+    public = set(node.as_dict(topology=False))
+    topology = set(node.as_dict(topology=True)) - public | {"pool"}
+    everyone = _section("Each node, for everyone:", "Each node, with topology")
+    staff = HEALTH.split("Each node, with topology", 1)[1]
+    assert {field for field in public if f"| `{field}` |" not in everyone} == set()
+    assert {field for field in topology if f"| `{field}` |" not in staff} == set()
+
+
+def test_every_table_column_is_documented_and_shown_in_the_example():
+    from replica_router.management.commands.replica_health import COLUMNS
+
+    reference = _section("| Column | Meaning |", "\n\n")
+    assert {column for column in COLUMNS if f"`{column}`" not in reference} == set()
+    example = _section("$ python manage.py replica_health\n", "\n")
+    assert re.split(r"\s{2,}", example.strip()) == list(COLUMNS)

@@ -11,13 +11,16 @@ import pytest
 from replica_router.conf import parse_settings
 from replica_router.health.model import Probe, State
 from replica_router.health.policy import (
+    CONFLICT_RATE_WINDOW,
     MAX_BACKOFF_INTERVALS,
+    Conflicts,
     Lag,
     Tracker,
     Verdict,
     lag_seconds,
     primary_verdict,
     probe_gap,
+    recovery_conflict_rate,
     replica_verdict,
     usable_primary,
 )
@@ -176,3 +179,63 @@ class TestTracker:
         assert tracker.measure_lag(Probe(ok=False), PRIMARY, cycle_started=0, now=0) == Lag(
             None, None
         )
+
+
+class TestRecoveryConflicts:
+    """A standby that cancels reads conflicting with WAL replay: the count, and
+    a rate an operator can read at a glance, over about CONFLICT_RATE_WINDOW."""
+
+    def count(self, tracker, conflicts, now):
+        return tracker.count_conflicts(standby(recovery_conflicts=conflicts), now=now)
+
+    def test_the_rate_is_the_difference_over_the_time_between_the_samples(self):
+        assert recovery_conflict_rate([(0.0, 5), (1.0, 6), (4.0, 17)]) == 3.0
+        assert recovery_conflict_rate([(2.0, 5), (3.0, 5)]) == 0.0
+
+    def test_one_sample_or_none_gives_no_rate(self):
+        assert recovery_conflict_rate([]) is None
+        assert recovery_conflict_rate([(0.0, 5)]) is None
+        assert recovery_conflict_rate([(1.0, 5), (1.0, 7)]) is None  # no time between
+
+    def test_the_first_probe_counts_and_the_second_gives_a_rate(self):
+        tracker = Tracker("replica_1")
+        assert self.count(tracker, 40, now=100.0) == Conflicts(40, None)
+        assert self.count(tracker, 42, now=101.0) == Conflicts(42, 2.0)
+
+    def test_the_rate_spans_the_last_window_of_probes(self):
+        assert CONFLICT_RATE_WINDOW == 10.0
+        tracker = Tracker("replica_1")
+        # A burst of 30 conflicts at t=2, then quiet; probes every second.
+        for t in range(13):
+            conflicts = self.count(tracker, 0 if t < 2 else 30, now=float(t))
+        # At t=12 the window starts at t=2, the burst's own probe: no longer in it.
+        assert conflicts == Conflicts(30, 0.0)
+        tracker = Tracker("replica_1")
+        for t in range(12):
+            conflicts = self.count(tracker, 0 if t < 2 else 30, now=float(t))
+        # At t=11 the base is the probe at t=1, before the burst: 30 over 10 s.
+        assert conflicts == Conflicts(30, 3.0)
+        assert len(tracker.conflict_samples) == 11  # a window's worth, not all history
+
+    def test_probes_further_apart_than_the_window_give_the_rate_between_the_last_two(self):
+        tracker = Tracker("replica_1")
+        self.count(tracker, 0, now=0.0)
+        self.count(tracker, 60, now=30.0)
+        assert self.count(tracker, 150, now=60.0) == Conflicts(150, 3.0)
+
+    def test_a_reset_counter_starts_the_rate_again(self):
+        tracker = Tracker("replica_1")
+        self.count(tracker, 500, now=0.0)
+        # pg_stat_reset(), or a replica that crashed: not -490 conflicts.
+        assert self.count(tracker, 10, now=1.0) == Conflicts(10, None)
+        assert self.count(tracker, 12, now=2.0) == Conflicts(12, 2.0)
+
+    def test_a_failed_probe_counts_nothing_and_the_rate_does_not_span_the_outage(self):
+        tracker = Tracker("replica_1")
+        self.count(tracker, 5, now=0.0)
+        assert tracker.count_conflicts(Probe(ok=False), now=1.0) == Conflicts(None, None)
+        assert self.count(tracker, 9, now=50.0) == Conflicts(9, None)
+
+    def test_a_node_that_reports_none_has_none(self):
+        tracker = Tracker("replica_1")
+        assert tracker.count_conflicts(PRIMARY, now=0.0) == Conflicts(None, None)

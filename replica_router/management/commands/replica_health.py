@@ -33,6 +33,8 @@ COLUMNS: Sequence[str] = (
     "STATE",
     "LAG S",
     "LAG BYTES",
+    "CONFLICTS",
+    "CONFL/S",
     "RTT MS",
     "POOL SIZE",
     "IDLE",
@@ -62,9 +64,9 @@ def _dash(value: object) -> str:
 class Command(BaseCommand):
     help = (
         "Probe the primary and every replica now and show each node's state, lag, "
-        "probe round-trip and connection pool. With --check, exit with status 0 when "
-        "every replica serves reads, 1 when some do not, 2 when none does or the "
-        "primary is unreachable."
+        "recovery conflicts, probe round-trip and connection pool. With --check, exit "
+        "with status 0 when every replica serves reads, 1 when some do not, 2 when "
+        "none does or the primary is unreachable."
     )
 
     def add_arguments(self, parser: CommandParser) -> None:
@@ -169,6 +171,10 @@ class Command(BaseCommand):
             str(node.state),
             "-" if node.lag_seconds is None else f"{node.lag_seconds:.3f}",
             _dash(node.lag_bytes),
+            _dash(node.recovery_conflicts),
+            "-"
+            if node.recovery_conflicts_per_second is None
+            else f"{node.recovery_conflicts_per_second:.2f}",
             "-" if node.rtt is None else f"{node.rtt * 1000:.1f}",
             "-" if pool is None else str(pool["size"]),
             "-" if pool is None else str(pool["idle"]),
