@@ -207,6 +207,10 @@ def _add_health(families: Mapping[str, Metric], nodes: Iterable[NodeStatus]) -> 
             _gauge(families, "replica_lag_seconds").add_metric([node.alias], node.lag_seconds)
         if node.lag_bytes is not None:
             _gauge(families, "replica_lag_bytes").add_metric([node.alias], node.lag_bytes)
+        if node.recovery_conflicts is not None:
+            conflicts = families["replica_recovery_conflicts"]
+            assert isinstance(conflicts, CounterMetricFamily)
+            conflicts.add_metric([node.alias], node.recovery_conflicts)
 
 
 _ALIAS: Final = ("alias",)
@@ -246,6 +250,12 @@ _FAMILIES: Final[Mapping[str, tuple[Callable[..., Metric], str, str, tuple[str, 
         CounterMetricFamily,
         "replica_router_recovery_conflicts",
         "Reads a replica cancelled for a conflict with recovery, then run again elsewhere.",
+        _ALIAS,
+    ),
+    "replica_recovery_conflicts": (
+        CounterMetricFamily,
+        "replica_router_replica_recovery_conflicts",
+        "Queries the replica cancelled for conflicts with WAL replay, as of the last probe.",
         _ALIAS,
     ),
     "node_state": (

@@ -60,6 +60,17 @@ def test_a_recovery_conflict_is_a_conflict(error):
     assert classify(django_error(error), closed) is Fault.CONFLICT
 
 
+def test_a_connection_refused_for_a_conflict_is_a_conflict():
+    # psycopg gives a failed connection no SQLSTATE; the server's message says it.
+    error = psycopg.OperationalError(
+        'connection failed: connection to server at "127.0.0.1", port 5433 failed: '
+        "FATAL:  canceling statement due to conflict with recovery"
+    )
+    assert classify(error, None) is Fault.CONFLICT
+    refused = psycopg.OperationalError("connection failed: Connection refused")
+    assert classify(refused, None) is Fault.GONE
+
+
 @pytest.mark.parametrize(
     "error",
     [

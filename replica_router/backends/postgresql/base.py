@@ -58,9 +58,10 @@ class DatabaseWrapper(base.DatabaseWrapper):
         #: The alias whose server this connection was made to instead, or None.
         self.borrowed_from: str | None = None
         self._connecting = False
-        #: The next connection goes to a stand-in: a read this replica
-        #: cancelled for a recovery conflict is run again elsewhere.
-        self._avoid_own_server = False
+        #: Where the next connection goes instead of this replica's server, once:
+        #: a read cancelled for a recovery conflict runs again on a stand-in,
+        #: and if the stand-in cancels it too, on the primary.
+        self._next_server: str | None = None
 
     # -- connecting ------------------------------------------------------------
 
@@ -69,12 +70,14 @@ class DatabaseWrapper(base.DatabaseWrapper):
         # count as the one cursor a borrowed connection serves.
         self._connecting = True
         try:
-            try:
-                super().connect()
-            except psycopg.Error as exc:
-                if not self._set_up_failed(exc):
-                    raise
-                super().connect()  # to a stand-in, see get_new_connection
+            for attempt in range(_MAX_RUNS):
+                try:
+                    super().connect()
+                    return
+                except psycopg.Error as exc:
+                    if attempt == _MAX_RUNS - 1 or not self._set_up_failed(exc):
+                        raise
+                # ...and again, elsewhere: see get_new_connection
         finally:
             self._connecting = False
 
@@ -84,42 +87,48 @@ class DatabaseWrapper(base.DatabaseWrapper):
         cancelled a set-up query for a recovery conflict (it stays in rotation).
         Returns whether to connect again, elsewhere."""
         connection = self.connection
-        if connection is None or self.borrowed_from is not None:
-            return False  # connecting failed (handled there), or a stand-in failed
         fault = classify(exc, connection)
-        if role_of(self.alias) is not REPLICA or fault is None:
-            return False
+        if connection is None or fault is None or role_of(self.alias) is not REPLICA:
+            return False  # connecting failed (handled there), or not a replica's fault
         self.connection = None
         with contextlib.suppress(psycopg.Error):
             connection.close()
-        if fault is Fault.GONE:
-            self._replica_failed(exc)
-        else:
-            _count_conflict(self.alias)
-        self._avoid_own_server = True
+        self._note_fault(fault, exc)
         return True
+
+    def _note_fault(self, fault: Fault, exc: BaseException) -> None:
+        """Account for a fault of the server this connection is on, and choose
+        where the next connection goes."""
+        server = self.borrowed_from or self.alias
+        if fault is Fault.CONFLICT:
+            _count_conflict(server)
+            # A stand-in that cancels too is in the same storm: the primary
+            # replays nothing and cancels nothing.
+            self._next_server = _PRIMARY_NEXT if self.borrowed_from else _STAND_IN_NEXT
+        elif role_of(server) is REPLICA:
+            _server_failed(server, exc)
 
     def get_new_connection(self, conn_params: dict[str, Any]) -> Any:
         if self.borrowed_from is not None:
             self._give_back()
         if role_of(self.alias) is not REPLICA:
             return super().get_new_connection(conn_params)
-        if self._avoid_own_server:
-            self._avoid_own_server = False
+        if self._next_server is not None:
+            target, self._next_server = self._next_server, None
+            if target == _PRIMARY_NEXT:
+                return self._connect_as_stand_in(_primary())
             return self._connect_elsewhere(None)
         if _known_down(self.alias):
             # Raced with the monitor: do not wait on a server known to be dead.
             return self._connect_elsewhere(None)
         try:
             return super().get_new_connection(conn_params)
-        except psycopg.Error as exc:  # refused, reset, timed out, PoolTimeout
-            self._replica_failed(exc)
+        except psycopg.Error as exc:  # refused, reset, timed out, PoolTimeout, a conflict
+            if classify(exc, None) is Fault.CONFLICT:
+                _count_conflict(self.alias)
+            else:
+                _server_failed(self.alias, exc)
             return self._connect_elsewhere(exc)
-
-    def _replica_failed(self, exc: BaseException) -> None:
-        """Take the replica out of rotation (which drops its pool, see below)."""
-        _report_failure(self.alias, exc)
-        _drop_pool(self.alias)
 
     def _connect_elsewhere(self, error: BaseException | None) -> Any:
         """Connect to a stand-in: another replica in rotation, else per FALLBACK.
@@ -138,19 +147,22 @@ class DatabaseWrapper(base.DatabaseWrapper):
                 alternative = primary
             tried.add(alternative)
             try:
-                connection = self._connect_to(alternative)
+                return self._connect_as_stand_in(alternative)
             except psycopg.Error as exc:
                 last_error = exc
-                if alternative != primary:
+                if alternative != primary and classify(exc, None) is not Fault.CONFLICT:
                     _report_failure(alternative, exc)
-                continue
-            self._borrow(alternative)
-            logger.info("replica_router: %s unavailable, reading from %s", self.alias, alternative)
-            _count_failover(self.alias, alternative)
-            return connection
         if last_error is None:
             last_error = psycopg.OperationalError(f"no node can stand in for {self.alias}")
         raise last_error
+
+    def _connect_as_stand_in(self, alias: str) -> Any:
+        """A connection to ``alias``'s server, serving this alias for one cursor."""
+        connection = self._connect_to(alias)
+        self._borrow(alias)
+        logger.info("replica_router: %s unavailable, reading from %s", self.alias, alias)
+        _count_failover(self.alias, alias)
+        return connection
 
     def _connect_to(self, alias: str) -> Any:
         from django.db import connections
@@ -218,23 +230,32 @@ class DatabaseWrapper(base.DatabaseWrapper):
     def retry_read(
         self, cursor_wrapper: Any, error: OperationalError, run: Callable[[], Any]
     ) -> Any:
-        """Run a read again elsewhere after ``error``, once, if the error shows a
-        fault of the replica (see ``faults``) and running it again is safe; else
-        re-raise."""
-        fault = classify(error, self.connection)
-        if fault is None or not self._may_retry(cursor_wrapper.last_sql, cursor_wrapper):
-            raise error
-        if fault is Fault.CONFLICT:
-            logger.info("replica_router: %s cancelled a read (recovery conflict)", self.alias)
-            _count_conflict(self.alias)
-            self._avoid_own_server = True
-        else:
-            logger.info("replica_router: %s broke during a read; retrying it once", self.alias)
-            self._replica_failed(error)
-        self.close()
-        self.ensure_connection()
-        cursor_wrapper.cursor = self.create_cursor()
-        return run()
+        """Run a read again elsewhere after ``error``, if the error shows a fault of
+        the server (see ``faults``) and running it again is safe; else re-raise.
+
+        A read runs at most three times: after a conflict on a stand-in too, it
+        runs on the primary; after a broken connection, once more.
+        """
+        for attempt in range(_MAX_RUNS - 1):
+            fault = classify(error, self.connection)
+            if fault is None or not self._may_retry(cursor_wrapper.last_sql, cursor_wrapper):
+                raise error
+            if fault is Fault.GONE and attempt:
+                raise error  # a broken connection gets one more run, not two
+            logger.info(
+                "replica_router: a read on %s failed (%s); running it again",
+                self.alias,
+                fault.value,
+            )
+            self._note_fault(fault, error)
+            self.close()
+            self.ensure_connection()
+            cursor_wrapper.cursor = self.create_cursor()
+            try:
+                return run()
+            except OperationalError as again:
+                error = again
+        raise error
 
     def _may_retry(self, sql: Any, cursor_wrapper: Any) -> bool:
         """One plain SELECT, in autocommit mode, not through a server-side cursor."""
@@ -297,6 +318,12 @@ class _WriteNotingCursorDebugWrapper(_WriteNotingMixin, utils.CursorDebugWrapper
     pass
 
 
+#: Where the next connection goes after a recovery conflict (see ``_note_fault``).
+_STAND_IN_NEXT, _PRIMARY_NEXT = "stand-in", "primary"
+#: A read runs at most this many times.
+_MAX_RUNS = 3
+
+
 def _primary() -> str:
     return get_config().primary
 
@@ -346,6 +373,12 @@ def _count_conflict(alias: str) -> None:
     counters = get_counters()
     if counters is not None:
         counters.recovery_conflict(alias)
+
+
+def _server_failed(alias: str, exc: BaseException) -> None:
+    """Take a replica out of rotation and drop its pool (see above)."""
+    _report_failure(alias, exc)
+    _drop_pool(alias)
 
 
 def _report_failure(alias: str, exc: BaseException) -> None:

@@ -14,6 +14,11 @@ Two kinds of error are worth running a read again elsewhere for:
 
 Anything else (a syntax error, a constraint) is the caller's: running it
 again would fail the same way.
+
+A replica can also refuse a new connection for a conflict (a FATAL during the
+session's start-up). psycopg reports a failed connection without a SQLSTATE,
+so there the server's message is read: "conflict with recovery", as servers
+running in English say it.
 """
 
 from __future__ import annotations
@@ -31,6 +36,7 @@ class Fault(enum.Enum):
 
 _GONE_CLASS: Final = "57P"
 _CONFLICT_STATES: Final = frozenset({"40001", "40P01"})
+_CONFLICT_MESSAGE: Final = "conflict with recovery"
 
 
 def _sqlstate(error: BaseException) -> str | None:
@@ -50,7 +56,7 @@ def classify(error: BaseException, connection: Any) -> Fault | None:
     # Checked before the connection: a replica ends an idle-in-transaction
     # session that blocks replay with the same SQLSTATE (FATAL "terminating
     # connection due to conflict with recovery"), and is just as healthy.
-    if sqlstate in _CONFLICT_STATES:
+    if sqlstate in _CONFLICT_STATES or (sqlstate is None and _CONFLICT_MESSAGE in str(error)):
         return Fault.CONFLICT
     if connection is None or connection.closed or connection.broken:
         return Fault.GONE
