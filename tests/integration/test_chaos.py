@@ -108,6 +108,23 @@ class Load:
             thread.join(30)
 
 
+@contextlib.contextmanager
+def _reading(cluster: Cluster, settings_overrides: dict, heartbeat_pk: int):
+    """The routing under ``settings_overrides``, its monitor running, and readers
+    (plus a heartbeat writer) started; yields (monitor, load, t0)."""
+    with override_settings(REPLICA_ROUTER={**settings.REPLICA_ROUTER, **settings_overrides}):
+        router.db_for_read(Author)
+        monitor = get_monitor()
+        assert monitor is not None and monitor.running
+        load = Load(heartbeat_pk)
+        t0 = time.perf_counter()
+        load.start()
+        try:
+            yield monitor, load, t0
+        finally:
+            load.finish()
+
+
 def _percentile(values: list[float], q: float) -> float:
     return statistics.quantiles(values, n=100, method="inclusive")[q - 1] if values else 0.0
 
@@ -119,13 +136,7 @@ def test_chaos_replica_killed_paused_and_restarted_under_read_load(
     heartbeat = Author.objects.create(name=repr(time.time()))
     replica_cluster.wait_replayed()
     ports = {name: replica_cluster.port(name) for name in replica_cluster.nodes}
-    with override_settings(REPLICA_ROUTER={**settings.REPLICA_ROUTER, **CHAOS}):
-        router.db_for_read(Author)
-        monitor = get_monitor()
-        assert monitor is not None and monitor.running
-        load = Load(heartbeat.pk)
-        t0 = time.perf_counter()
-        load.start()
+    with _reading(replica_cluster, CHAOS, heartbeat.pk) as (monitor, load, t0):
         events: dict[str, float] = {}
         try:
             time.sleep(5)
@@ -144,7 +155,7 @@ def test_chaos_replica_killed_paused_and_restarted_under_read_load(
             events["replica_2 back in rotation"] = time.perf_counter()
             time.sleep(max(0.0, t0 + 20 - time.perf_counter()))
         finally:
-            load.finish()
+            load.finish()  # before the cluster is put back
             if replica_cluster.is_up("replica_1"):
                 replica_cluster.resume("replica_1")
             replica_cluster.start("replica_2")
@@ -299,13 +310,7 @@ def test_chaos_faults_under_read_load(
     target = "replica_1"
     stop_fault = threading.Event()
     went_down = []
-    with override_settings(REPLICA_ROUTER={**settings.REPLICA_ROUTER, **FAULTS}):
-        router.db_for_read(Author)
-        monitor = get_monitor()
-        assert monitor is not None and monitor.running
-        load = Load(heartbeat.pk)
-        t0 = time.perf_counter()
-        load.start()
+    with _reading(replica_cluster, FAULTS, heartbeat.pk) as (monitor, load, t0):
         faulting = threading.Thread(
             target=_cause, args=(fault, replica_cluster, target, stop_fault), daemon=True
         )

@@ -10,7 +10,7 @@ from __future__ import annotations
 import io
 import threading
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 
 import pytest
 from django.conf import settings
@@ -183,12 +183,17 @@ def test_with_the_primary_down_reads_go_on_and_writes_fail_fast(seeded, replica_
 SLOW_READ = "SELECT pg_sleep(1), inet_server_port(), count(*) FROM testapp_author"
 
 
-def _read_in_thread(alias: str, sql: str = SLOW_READ) -> tuple[threading.Thread, dict]:
-    """Start ``sql`` on ``alias`` in a thread of its own; its row or error lands in the dict."""
+def _read_in_thread(
+    alias: str, sql: str = SLOW_READ, *, before: Callable[[], None] | None = None
+) -> tuple[threading.Thread, dict]:
+    """Start ``sql`` on ``alias`` in a thread of its own (after ``before()``, if
+    given); its row or error lands in the dict."""
     outcome: dict = {}
 
     def read() -> None:
         try:
+            if before is not None:
+                before()
             with connections[alias].cursor() as cursor:
                 cursor.execute(sql)
                 outcome["row"] = cursor.fetchone()
@@ -307,25 +312,15 @@ PLAIN_READ = "SELECT inet_server_port(), count(*) FROM testapp_author"
 def test_a_read_on_a_hung_replica_runs_elsewhere_once_the_monitor_finds_it_down(
     alias, connected, seeded, fast_monitor: Monitor, freeze_node, replica_cluster: Cluster
 ):
-    outcome: dict = {}
     opened, frozen = threading.Event(), threading.Event()
 
-    def read() -> None:
-        try:
-            if connected:
-                served_port(alias)  # this thread's connection is open when the host hangs
-            opened.set()
-            frozen.wait(30)
-            with connections[alias].cursor() as cursor:
-                cursor.execute(PLAIN_READ)
-                outcome["row"] = cursor.fetchone()
-        except Exception as exc:
-            outcome["error"] = exc
-        finally:
-            connections.close_all()
+    def open_then_wait_for_the_freeze() -> None:
+        if connected:
+            served_port(alias)  # this thread's connection is open when the host hangs
+        opened.set()
+        frozen.wait(30)
 
-    thread = threading.Thread(target=read)
-    thread.start()
+    thread, outcome = _read_in_thread(alias, PLAIN_READ, before=open_then_wait_for_the_freeze)
     assert opened.wait(30)
     freeze_node(alias)  # thawed when the test ends, not before
     frozen.set()

@@ -46,9 +46,8 @@ def test_every_replica_health_flag_is_documented():
     assert not missing
 
 
-def test_every_json_field_has_a_row_in_the_schema():
-    now = datetime.now(UTC)
-    node = NodeStatus(
+def _replica_row(**figures) -> NodeStatus:
+    return NodeStatus(
         alias="replica_1",
         role="replica",
         host="db",
@@ -57,7 +56,14 @@ def test_every_json_field_has_a_row_in_the_schema():
         state=State.HEALTHY,
         in_rotation=True,
         reason="in rotation",
-        since=now,
+        since=datetime.now(UTC),
+        **figures,
+    )
+
+
+def test_every_json_field_has_a_row_in_the_schema():
+    now = datetime.now(UTC)
+    node = _replica_row(
         checked_at=now,
         lag_seconds=0.0,
         lag_bytes=0,
@@ -103,18 +109,7 @@ def _section(start: str, end: str) -> str:
 
 
 def test_public_and_topology_fields_are_documented_in_their_own_tables():
-    now = datetime.now(UTC)
-    node = NodeStatus(
-        alias="replica_1",
-        role="replica",
-        host="db",
-        port="5432",
-        weight=1,
-        state=State.HEALTHY,
-        in_rotation=True,
-        reason="in rotation",
-        since=now,
-    )
+    node = _replica_row()
     public = set(node.as_dict(topology=False))
     topology = set(node.as_dict(topology=True)) - public | {"pool"}
     everyone = _section("Each node, for everyone:", "Each node, with topology")
