@@ -251,9 +251,9 @@ def _conflict_storm(cluster: Cluster, stop: threading.Event) -> None:
     With the replicas set to cancel conflicting queries, replaying a VACUUM's
     removal of old row versions cancels the reads that may still need them, and
     replaying an exclusive lock (VACUUM takes one to truncate a table) cancels
-    every read holding the table at that moment. A long report on each replica
-    (a repeatable-read transaction) is cancelled on every round, so the storm
-    is sure to happen however the readers' timing falls.
+    every read holding the table at that moment. A report on each replica that
+    keeps its transaction open is cancelled on every round, so the storm is
+    sure to happen however the readers' timing falls.
     """
     dbname = connections["default"].settings_dict["NAME"]
     reports: dict[str, psycopg.Connection] = {}
@@ -261,11 +261,14 @@ def _conflict_storm(cluster: Cluster, stop: threading.Event) -> None:
         while not stop.is_set():
             for name in cluster.replicas:
                 report = reports.get(name)
-                if report is None or report.closed or report.info.transaction_status == 3:
-                    if report is not None:
-                        report.close()
-                    report = reports[name] = psycopg.connect(cluster.conninfo(name, dbname))
+                # The storm cancels the report, and may cancel its reconnection
+                # too ("conflict with recovery" during start-up): try next round.
                 with contextlib.suppress(psycopg.Error):
+                    if report is None or report.closed or report.info.transaction_status == 3:
+                        if report is not None:
+                            report.close()
+                        reports.pop(name, None)
+                        report = reports[name] = psycopg.connect(cluster.conninfo(name, dbname))
                     report.execute("SELECT count(*) FROM testapp_author").fetchone()
             conn.execute("UPDATE testapp_author SET name = name")
             conn.execute("VACUUM testapp_author")
