@@ -11,11 +11,18 @@ import importlib
 from typing import TYPE_CHECKING, Any
 
 if TYPE_CHECKING:
-    from replica_router.context import causal, current_token, use_primary
+    from replica_router.context import causal, current_token, max_lag, use_primary
     from replica_router.exceptions import NoReplicaAvailable
     from replica_router.router import ReplicaRouter
 
-__all__ = ["NoReplicaAvailable", "ReplicaRouter", "causal", "current_token", "use_primary"]
+__all__ = [
+    "NoReplicaAvailable",
+    "ReplicaRouter",
+    "causal",
+    "current_token",
+    "max_lag",
+    "use_primary",
+]
 
 _LAZY = {
     "NoReplicaAvailable": "replica_router.exceptions",
@@ -23,6 +30,7 @@ _LAZY = {
     "use_primary": "replica_router.context",
     "causal": "replica_router.context",
     "current_token": "replica_router.context",
+    "max_lag": "replica_router.context",
 }
 
 

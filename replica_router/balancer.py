@@ -115,10 +115,13 @@ class Balancer:
     mix. The health monitor uses it to take replicas out of rotation and back.
     """
 
-    __slots__ = ("_schedule", "pick")
+    __slots__ = ("_schedule", "pick", "rotation")
 
     #: Return the next alias from the current schedule, or None if it is empty.
     pick: Callable[[], str | None]
+    #: The aliases ``pick()`` can return (a positive weight): a set, so that
+    #: asking whether a replica is in rotation costs one lookup.
+    rotation: frozenset[str]
 
     def __init__(self, *, weights: Mapping[str, int]) -> None:
         self._install(WeightedSchedule(weights=weights))
@@ -127,6 +130,7 @@ class Balancer:
         # ``pick`` is the schedule's C-level bound method, so a pick runs no
         # Python frame; this single assignment is the atomic swap.
         self._schedule = schedule
+        self.rotation = frozenset(schedule.sequence)
         self.pick = schedule.pick
 
     @property

@@ -58,6 +58,7 @@ DEFAULTS: Final[Mapping[str, object]] = MappingProxyType(
         "RECOVERY_CHECKS": 2,
         "FALLBACK": "primary",
         "READ_YOUR_WRITES": "lsn",
+        "MONOTONIC_READS": True,
         "PIN_SECONDS": 5.0,
         "COOKIE_NAME": "replica_router",
         "METRICS": "auto",
@@ -106,6 +107,8 @@ class RouterConfig:
     recovery_checks: int
     fallback: Fallback
     read_your_writes: ReadYourWrites
+    #: A request's (or causal block's) reads come from one node, never going back.
+    monotonic_reads: bool
     pin_seconds: float
     cookie_name: str
     #: Whether to count for Prometheus; ``"auto"`` is resolved to whether

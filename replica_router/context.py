@@ -1,11 +1,14 @@
 """The request context: where the reads of the code running now must go.
 
-Two things travel with the code that runs, in context variables:
+Three things travel with the code that runs, in context variables:
 
 * :func:`use_primary` forces reads to the primary for a block or a function;
+* :func:`max_lag` gives reads a staleness budget: only a replica whose lag
+  cannot exceed it serves them;
 * a :class:`CausalState` (set by the pinning middleware for a request, or by
   :class:`causal` for a block or a job) says what the reads must see: this
-  context's own writes, or the write a causality token stands for.
+  context's own writes, the write a causality token stands for, and nothing
+  older than its earlier reads (monotonic reads).
 
 A context variable, unlike a ``threading.local``, is private to each asyncio
 task as well as each thread, and ``var.reset(token)`` restores exactly the value
@@ -16,6 +19,7 @@ from __future__ import annotations
 
 import functools
 import inspect
+import math
 from collections.abc import Callable
 from contextvars import ContextVar, Token
 from types import TracebackType
@@ -29,11 +33,14 @@ from replica_router.lsn import INSERT_LSN, format_lsn, parse_lsn, query_lsn
 
 __all__ = [
     "CausalState",
+    "MaxLag",
     "UsePrimary",
     "causal",
     "causal_state",
     "current_token",
     "forced_primary",
+    "lag_budget",
+    "max_lag",
     "note_write",
     "primary_forced",
     "primary_insert_lsn",
@@ -44,6 +51,9 @@ __all__ = [
 #: (``forced_primary.get()`` is one C call).
 forced_primary: ContextVar[bool] = ContextVar("replica_router.primary_forced", default=False)
 
+#: The staleness budget in seconds under :func:`max_lag`, else None.
+lag_budget: ContextVar[float | None] = ContextVar("replica_router.max_lag", default=None)
+
 _F = TypeVar("_F", bound=Callable[..., Any])
 
 
@@ -52,26 +62,32 @@ def primary_forced() -> bool:
     return forced_primary.get()
 
 
-class UsePrimary:
-    """Send every read to the primary while active; returned by ``use_primary()``.
+class _Override:
+    """Sets a context variable for a block or for each call of a function.
 
-    As a context manager an instance may be entered once at a time; call
-    ``use_primary()`` again for each ``with`` block. As a decorator it sets the
-    state afresh on every call, so recursive and concurrent calls are safe.
+    As a context manager an instance may be entered once at a time; call the
+    factory again for each ``with`` block. As a decorator it sets the variable
+    afresh on every call, so recursive and concurrent calls are safe.
     """
 
     __slots__ = ("_reset",)
+    _var: ContextVar[Any]
+    _name: str
 
     def __init__(self) -> None:
-        self._reset: Token[bool] | None = None
+        self._reset: Token[Any] | None = None
+
+    @property
+    def _value(self) -> object:
+        raise NotImplementedError
 
     def __enter__(self) -> None:
         if self._reset is not None:
             raise RuntimeError(
-                "This use_primary() block is already active; call use_primary() again "
+                f"This {self._name}() block is already active; call {self._name}() again "
                 "for a nested or concurrent block."
             )
-        self._reset = forced_primary.set(True)
+        self._reset = self._var.set(self._value)
 
     def __exit__(
         self,
@@ -81,24 +97,54 @@ class UsePrimary:
     ) -> None:
         reset, self._reset = self._reset, None
         if reset is not None:
-            forced_primary.reset(reset)
+            self._var.reset(reset)
 
     def __call__(self, func: _F) -> _F:
-        return _decorate(func)
+        return _decorate(func, self._var, self._value, self._name)
 
 
-def _decorate(func: _F) -> _F:
+class UsePrimary(_Override):
+    """Send every read to the primary while active; returned by ``use_primary()``."""
+
+    __slots__ = ()
+    _var = forced_primary
+    _name = "use_primary"
+    _value = True
+
+
+class MaxLag(_Override):
+    """Give reads a staleness budget while active; returned by ``max_lag(seconds)``."""
+
+    __slots__ = ("seconds",)
+    _var = lag_budget
+    _name = "max_lag"
+
+    def __init__(self, seconds: float) -> None:
+        super().__init__()
+        # bool is an int; max_lag(True) is a mistake, not one second.
+        if isinstance(seconds, bool) or not isinstance(seconds, int | float):
+            raise TypeError(f"max_lag() takes a number of seconds, not {seconds!r}.")
+        if not (seconds > 0 and math.isfinite(seconds)):
+            raise ValueError(f"max_lag() needs a positive finite number of seconds: {seconds!r}")
+        self.seconds = float(seconds)
+
+    @property
+    def _value(self) -> float:
+        return self.seconds
+
+
+def _decorate(func: _F, var: ContextVar[Any], value: object, name: str) -> _F:
     if isinstance(func, staticmethod | classmethod):
         # Wrap the function inside and re-wrap, so the decorator order does not matter.
-        return cast(_F, type(func)(_decorate(func.__func__)))
+        return cast(_F, type(func)(_decorate(func.__func__, var, value, name)))
     if not callable(func):
-        raise TypeError(f"use_primary can decorate a function or method, not {func!r}.")
+        raise TypeError(f"{name} can decorate a function or method, not {func!r}.")
     if inspect.isgeneratorfunction(func) or inspect.isasyncgenfunction(func):
         # The state would be set while the generator is created, not while it runs,
         # and setting it around each step would leak it to the consumer.
         raise TypeError(
-            f"use_primary cannot decorate the generator function {func.__qualname__}; "
-            "consume the generator inside a 'with use_primary():' block instead."
+            f"{name} cannot decorate the generator function {func.__qualname__}; "
+            f"consume the generator inside a 'with {name}(...):' block instead."
         )
 
     if iscoroutinefunction(func):
@@ -106,21 +152,21 @@ def _decorate(func: _F) -> _F:
         @functools.wraps(func)
         async def async_wrapper(*args: Any, **kwargs: Any) -> Any:
             # Set inside the coroutine, so it lands in the running task's context.
-            reset = forced_primary.set(True)
+            reset = var.set(value)
             try:
                 return await func(*args, **kwargs)
             finally:
-                forced_primary.reset(reset)
+                var.reset(reset)
 
         return cast(_F, async_wrapper)
 
     @functools.wraps(func)
     def wrapper(*args: Any, **kwargs: Any) -> Any:
-        reset = forced_primary.set(True)
+        reset = var.set(value)
         try:
             return func(*args, **kwargs)
         finally:
-            forced_primary.reset(reset)
+            var.reset(reset)
 
     return cast(_F, wrapper)
 
@@ -143,7 +189,22 @@ def use_primary(func: _F | None = None, /) -> _F | UsePrimary:
     """
     if func is None:
         return UsePrimary()
-    return _decorate(func)
+    return _decorate(func, forced_primary, True, "use_primary")
+
+
+def max_lag(seconds: float) -> MaxLag:
+    """Bound how stale the reads of a block or function may be, in seconds.
+
+    Use it as ``with max_lag(2):`` or ``@max_lag(600)``, on plain and ``async
+    def`` functions. A read in it goes to a replica only if the health monitor
+    can promise that the replica's lag cannot exceed ``seconds`` at the time of
+    the read (its measured lag plus the time until its next verdict), else to
+    the primary. A budget looser than ``MAX_LAG_SECONDS`` also admits replicas
+    that are out of rotation only for lag, which keeps tolerant reads (reports)
+    off the primary during a lag storm. The innermost block wins, and the outer
+    budget comes back when it ends; :func:`use_primary` overrides both.
+    """
+    return MaxLag(seconds)
 
 
 # -- read-your-writes ----------------------------------------------------------
@@ -157,9 +218,11 @@ class CausalState:
     the async middleware that owns the request.
     """
 
-    __slots__ = ("checked", "min_lsn", "pinned", "wrote")
+    __slots__ = ("checked", "min_lsn", "pinned", "reading_from", "wrote")
 
-    def __init__(self, *, min_lsn: int | None = None, pinned: bool = False) -> None:
+    def __init__(
+        self, *, min_lsn: int | None = None, pinned: bool = False, reading_from: str | None = None
+    ) -> None:
         #: This request wrote on the primary: its later reads go there too.
         self.wrote = False
         #: The WAL position a replica must have replayed to serve these reads.
@@ -168,6 +231,11 @@ class CausalState:
         self.pinned = pinned
         #: Replicas known to have replayed ``min_lsn``, and those known not to.
         self.checked: dict[str, bool] = {}
+        #: Monotonic reads: the node this context's reads come from, once it has
+        #: read. A replica's replay position only grows, so reading from one node
+        #: never goes back in time; when that replica cannot serve, the reads move
+        #: to the primary, the one node sure to be at least as new.
+        self.reading_from = reading_from
 
 
 #: The causal state of the running request or ``causal()`` block, if any.

@@ -41,6 +41,8 @@ READ_REASONS: Final = (
     "transaction",  # inside atomic() on the primary
     "primary_only",  # the model or app is in PRIMARY_ONLY
     "pinned",  # read-your-writes: this request wrote, or no replica has its write yet
+    "monotonic",  # monotonic reads: the replica this context read from cannot serve
+    "max_lag",  # a max_lag() budget: no replica in rotation could keep it, or one out of it could
     "fallback",  # no replica in rotation: where FALLBACK sent it
     "no_replicas",  # REPLICAS is empty
     "migrate",  # while migrate runs

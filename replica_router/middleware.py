@@ -18,6 +18,10 @@ signed cookie; what it holds depends on ``READ_YOUR_WRITES``:
 ``"off"``
     nothing is pinned.
 
+Within a request, with ``MONOTONIC_READS`` on (the default, and whatever
+``READ_YOUR_WRITES`` says), the reads come from one node: no read returns
+older data than an earlier read of the same request.
+
 A cookie that is tampered with, signed with another key, malformed or older
 than ``PIN_SECONDS`` is ignored.
 """
@@ -100,7 +104,7 @@ class PrimaryPinningMiddleware:
         if self.async_mode:
             return self.__acall__(request)
         config = get_config()
-        if config.read_your_writes == "off":
+        if config.read_your_writes == "off" and not config.monotonic_reads:
             return self.get_response(request)
         state = self._begin(request, config)
         reset = causal_state.set(state)
@@ -114,7 +118,7 @@ class PrimaryPinningMiddleware:
 
     async def __acall__(self, request: HttpRequest) -> HttpResponseBase:
         config = get_config()
-        if config.read_your_writes == "off":
+        if config.read_your_writes == "off" and not config.monotonic_reads:
             return await self.get_response(request)  # type: ignore[no-any-return,misc]
         state = self._begin(request, config)
         reset = causal_state.set(state)
@@ -129,6 +133,8 @@ class PrimaryPinningMiddleware:
         return response
 
     def _begin(self, request: HttpRequest, config: RouterConfig) -> CausalState:
+        if config.read_your_writes == "off":
+            return CausalState()  # for monotonic reads alone
         state = read_cookie(request.COOKIES.get(config.cookie_name), config)
         if state is None:
             return CausalState()
@@ -145,6 +151,8 @@ class PrimaryPinningMiddleware:
         config: RouterConfig,
     ) -> None:
         name = config.cookie_name
+        if config.read_your_writes == "off":
+            return
         if state.wrote:
             value = f"lsn:{format_lsn(lsn)}" if lsn is not None else "time"
             response.set_cookie(

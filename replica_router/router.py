@@ -9,13 +9,15 @@ when ``override_settings`` changes ``REPLICA_ROUTER`` or ``DATABASES``.
 from __future__ import annotations
 
 import logging
+import random
+import time
 from asyncio import _get_running_loop
 from typing import TYPE_CHECKING, Any
 
 from django.db import connections
 
 from replica_router import runtime
-from replica_router.context import CausalState, causal_state, forced_primary
+from replica_router.context import CausalState, causal_state, forced_primary, lag_budget
 from replica_router.exceptions import NoReplicaAvailable
 from replica_router.lsn import REPLAY_LSN, query_lsn
 from replica_router.runtime import Routing
@@ -28,29 +30,110 @@ __all__ = ["ReplicaRouter", "alternative_for"]
 logger = logging.getLogger("replica_router")
 
 
-def _caught_up_replica(routing: Routing, state: CausalState) -> str:
-    """A replica in rotation that has replayed ``state.min_lsn``, else the primary.
+def _route_in_context(
+    routing: Routing, state: CausalState | None, budget: float | None
+) -> tuple[str, str]:
+    """Where a read goes, and why, under a causal state or a staleness budget.
 
-    The monitor's last positions answer most of the time; a replica they
-    show behind is asked once per request (one short query on the
-    application's own connection to it), since it may have caught up since.
+    In order: read-your-writes pins; monotonic reads keep the node this context
+    read from; then a replica that has the context's write (``min_lsn``) and
+    keeps its budget; else the primary, or FALLBACK when nothing binds the read.
     """
-    min_lsn = state.min_lsn
-    assert min_lsn is not None
-    positions = routing.monitor.replay_positions if routing.monitor is not None else {}
+    if state is not None:
+        if routing.read_your_writes and (state.wrote or state.pinned):
+            return routing.primary, "pinned"
+        node = state.reading_from
+        if node is not None:
+            if node != routing.primary and _may_serve(routing, node, budget):
+                return node, "replica" if node in routing.balancer.rotation else "max_lag"
+            state.reading_from = routing.primary
+            return routing.primary, "monotonic"
+    min_lsn = state.min_lsn if state is not None and routing.read_your_writes else None
+    alias = _replica_for(routing, state, min_lsn, budget)
+    if alias is not None:
+        reason = "replica" if alias in routing.balancer.rotation else "max_lag"
+    elif min_lsn is not None:
+        alias, reason = routing.primary, "pinned"
+    elif budget is not None:
+        alias, reason = routing.primary, "max_lag"
+    else:
+        alias = _no_replica(routing)
+        reason = "fallback" if routing.replicas else "no_replicas"
+    if state is not None and routing.monotonic_reads:
+        state.reading_from = alias
+    return alias, reason
+
+
+def _may_serve(routing: Routing, alias: str, budget: float | None) -> bool:
+    """Whether a replica may serve a read now: in rotation, or within the budget."""
+    if budget is None:
+        return alias in routing.balancer.rotation
+    return _within_budget(routing, alias, budget, loose=budget > routing.config.max_lag_seconds)
+
+
+def _within_budget(routing: Routing, alias: str, budget: float, *, loose: bool) -> bool:
+    """Whether ``alias``'s lag cannot exceed ``budget`` before its next verdict.
+
+    The monitor's promise for MAX_LAG_SECONDS, applied to the budget: lag grows
+    at most one second per second, and the next verdict is at most a probe gap
+    after the cycle that measured it (longer if the monitor falls behind).
+    A ``loose`` budget (above MAX_LAG_SECONDS) also admits a replica that is
+    out of rotation for lag alone.
+    """
+    if routing.monitor is None:
+        return False  # nothing measures lag, so nothing can be promised
+    freshness = routing.monitor.freshness.get(alias)
+    if freshness is None or not (freshness.in_rotation or loose):
+        return False
+    age = max(routing.probe_gap, time.monotonic() - freshness.measured_at)
+    return freshness.lag_seconds + age <= budget
+
+
+def _replica_for(
+    routing: Routing, state: CausalState | None, min_lsn: int | None, budget: float | None
+) -> str | None:
+    """A replica for this read: in rotation by weight, that has replayed
+    ``min_lsn`` and keeps the budget; or, for a loose budget, one out of
+    rotation for lag alone that keeps it. None if there is none."""
     for _ in range(len(routing.balancer.weights)):
         alias = routing.balancer.pick()
         if alias is None:
             break
-        caught_up = state.checked.get(alias)
-        if caught_up is None:
-            caught_up = positions.get(alias, -1) >= min_lsn or _has_replayed(
-                routing, alias, min_lsn
-            )
-            state.checked[alias] = caught_up
-        if caught_up:
+        if budget is not None and not _within_budget(routing, alias, budget, loose=False):
+            continue
+        if min_lsn is not None and not _caught_up(routing, state, alias, min_lsn):
+            continue
+        return alias
+    if budget is None or budget <= routing.config.max_lag_seconds or routing.monitor is None:
+        return None
+    # Out of rotation for lag only: a report that tolerates minutes can still
+    # read there during a lag storm instead of loading the primary.
+    lagging = [
+        alias
+        for alias, freshness in routing.monitor.freshness.items()
+        if not freshness.in_rotation and _within_budget(routing, alias, budget, loose=True)
+    ]
+    random.shuffle(lagging)
+    for alias in lagging:
+        if min_lsn is None or _caught_up(routing, state, alias, min_lsn):
             return alias
-    return routing.primary
+    return None
+
+
+def _caught_up(routing: Routing, state: CausalState | None, alias: str, min_lsn: int) -> bool:
+    """Whether ``alias`` has replayed ``min_lsn``.
+
+    The monitor's last positions answer most of the time; a replica they
+    show behind is asked once per context (one short query on the
+    application's own connection to it), since it may have caught up since.
+    """
+    assert state is not None
+    caught_up = state.checked.get(alias)
+    if caught_up is None:
+        positions = routing.monitor.replay_positions if routing.monitor is not None else {}
+        caught_up = positions.get(alias, -1) >= min_lsn or _has_replayed(routing, alias, min_lsn)
+        state.checked[alias] = caught_up
+    return caught_up
 
 
 def _has_replayed(routing: Routing, alias: str, min_lsn: int) -> bool:
@@ -64,6 +147,15 @@ def _has_replayed(routing: Routing, alias: str, min_lsn: int) -> bool:
     if routing.monitor is not None:
         routing.monitor.note_replay_position(alias, lsn)
     return lsn >= min_lsn
+
+
+def _read_primary(routing: Routing) -> None:
+    """Note that this context read from the primary: under monotonic reads its
+    later reads stay there, since any replica may be older than what it saw."""
+    if routing.monotonic_reads:
+        state = causal_state.get()
+        if state is not None:
+            state.reading_from = routing.primary
 
 
 def _no_replica(routing: Routing) -> str:
@@ -86,16 +178,22 @@ def alternative_for(alias: str) -> str:
 
     Another replica in rotation, else what FALLBACK says (which may raise
     NoReplicaAvailable). A read bound by read-your-writes goes to the primary,
-    the one node sure to have the write.
+    the one node sure to have the write; so does one under monotonic reads or
+    a staleness budget.
     """
     routing = runtime.current or runtime.load()
     state = causal_state.get()
-    if (
-        state is not None
-        and routing.read_your_writes
-        and (state.wrote or state.pinned or state.min_lsn is not None)
+    if state is not None and (
+        (routing.read_your_writes and (state.wrote or state.pinned or state.min_lsn is not None))
+        or (routing.monotonic_reads and state.reading_from is not None)
     ):
+        # Another replica may be older than the write, or than what this
+        # context has read already.
+        if routing.monotonic_reads:
+            state.reading_from = routing.primary
         return routing.primary
+    if lag_budget.get() is not None:
+        return routing.primary  # the budget was kept by the replica that failed
     for _ in range(len(routing.balancer.weights)):
         candidate = routing.balancer.pick()
         if candidate is None:
@@ -121,6 +219,7 @@ class ReplicaRouter:
         if forced_primary.get():
             if counters is not None:
                 counters.reads_use_primary()
+            _read_primary(routing)
             return routing.primary
         primary_only = routing.primary_only_models.get(model)
         if primary_only is None:
@@ -143,23 +242,19 @@ class ReplicaRouter:
         if wrapper.in_atomic_block:
             if counters is not None:
                 counters.reads_in_transaction()
+            _read_primary(routing)
             return routing.primary
         if routing.awaiting_monitor and not routing.start_monitor():
             if counters is not None:
                 counters.read(routing.primary, "migrate")
             return routing.primary
         state = causal_state.get()
-        if state is not None and routing.read_your_writes:
-            if state.wrote or state.pinned:
-                if counters is not None:
-                    counters.reads_pinned()
-                return routing.primary
-            if state.min_lsn is not None:
-                caught_up = _caught_up_replica(routing, state)
-                if counters is not None:
-                    reason = "pinned" if caught_up == routing.primary else "replica"
-                    counters.read(caught_up, reason)
-                return caught_up
+        budget = lag_budget.get()
+        if state is not None or budget is not None:
+            node, reason = _route_in_context(routing, state, budget)
+            if counters is not None:
+                counters.read(node, reason)
+            return node
         alias = routing.balancer.pick()
         if alias is not None:
             if counters is not None:

@@ -25,6 +25,7 @@ from django.db.models.signals import post_migrate, pre_migrate
 from replica_router.balancer import Balancer
 from replica_router.conf import WATCHED_SETTINGS, RouterConfig, get_config
 from replica_router.health.monitor import Monitor
+from replica_router.health.policy import probe_gap
 from replica_router.writes import hook_write_detector
 
 if TYPE_CHECKING:
@@ -63,8 +64,10 @@ class Routing:
         "counters",
         "local",
         "monitor",
+        "monotonic_reads",
         "primary",
         "primary_only_models",
+        "probe_gap",
         "read_your_writes",
         "replicas",
     )
@@ -86,6 +89,9 @@ class Routing:
         # an import or migrate; until then this is True.
         self.awaiting_monitor = self.monitor is not None
         self.read_your_writes = config.read_your_writes != "off"
+        self.monotonic_reads = config.monotonic_reads
+        #: The longest wait between two verdicts on a replica (max_lag budgets).
+        self.probe_gap = probe_gap(config)
         # None unless METRICS is on, so that without metrics counting costs nothing.
         self.counters: Counters | None = None
         if config.metrics:

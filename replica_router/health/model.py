@@ -11,11 +11,11 @@ import math
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from datetime import datetime
-from typing import Any
+from typing import Any, NamedTuple
 
 from replica_router.lsn import format_lsn
 
-__all__ = ["OVERALL_CODES", "NodeStatus", "Probe", "Snapshot", "State"]
+__all__ = ["OVERALL_CODES", "Freshness", "NodeStatus", "Probe", "Snapshot", "State"]
 
 
 class State(enum.StrEnum):
@@ -46,6 +46,19 @@ class Probe:
     replay_lags: Mapping[str, float] = field(default_factory=dict)
     #: A standby's queries cancelled so far on recovery conflicts, in its database.
     recovery_conflicts: int | None = None
+
+
+class Freshness(NamedTuple):
+    """How stale a replica may be: what a staleness budget (``max_lag``) is held to."""
+
+    #: The lag the last probe measured.
+    lag_seconds: float
+    #: ``time.monotonic()`` when the cycle that measured it started. Lag grows
+    #: at most one second per second, so at ``now`` it is at most
+    #: ``lag_seconds + (now - measured_at)``.
+    measured_at: float
+    #: False for a replica out of rotation for lag alone (not down, not ejected).
+    in_rotation: bool
 
 
 @dataclass(frozen=True, slots=True)

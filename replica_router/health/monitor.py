@@ -34,7 +34,7 @@ from typing import Any
 from replica_router.balancer import Balancer
 from replica_router.conf import RouterConfig
 from replica_router.health.aliases import address, django_probe_params, is_postgresql, scrub
-from replica_router.health.model import NodeStatus, Probe, Snapshot, State
+from replica_router.health.model import Freshness, NodeStatus, Probe, Snapshot, State
 from replica_router.health.policy import (
     Change,
     Tracker,
@@ -86,6 +86,9 @@ class Monitor:
         #: The aliases found down, for a connection about to be made (cheaper
         #: to ask than the snapshot).
         self.down: frozenset[str] = frozenset()
+        #: Replica alias -> how stale it may be, for the replicas that may serve
+        #: a staleness budget: in rotation, or out of it for lag alone.
+        self.freshness: Mapping[str, Freshness] = {}
         self.snapshot: Snapshot = self._publish()
 
     # -- lifecycle -------------------------------------------------------------
@@ -266,6 +269,13 @@ class Monitor:
                 )
         self._swap_rotation()
         self.down = frozenset(n.alias for n in rows if n.state is State.DOWN)
+        self.freshness = {
+            alias: Freshness(tracker.lag, tracker.lag_measured_at, tracker.in_rotation)
+            for alias, tracker in self._trackers.items()
+            if alias in self.config.replicas
+            and tracker.lag is not None
+            and (tracker.in_rotation or tracker.state is State.LAGGING)
+        }
         self.snapshot = Snapshot(nodes=tuple(rows), taken_at=utc_now())
         return self.snapshot
 

@@ -194,6 +194,9 @@ class Tracker:
     status: NodeStatus | None = None
     #: When a cycle that found the replica caught up started (monotonic).
     caught_up_at: float | None = None
+    #: The lag of the last probe and when its cycle started (monotonic).
+    lag: float | None = None
+    lag_measured_at: float = 0.0
     #: (monotonic time, count) of the recovery conflicts of recent probes.
     conflict_samples: deque[tuple[float, int]] = field(default_factory=deque)
 
@@ -247,6 +250,7 @@ class Tracker:
     ) -> Lag:
         """The replica's lag from this cycle's probes; ``primary`` as in :func:`lag_seconds`."""
         if not result.ok:
+            self.lag = None
             return Lag(None, None)
         lag_bytes = None
         if primary is not None and primary.current_lsn is not None:
@@ -259,6 +263,7 @@ class Tracker:
             # nothing older than that. After a quiet spell this is far
             # tighter than the age of the last transaction it replayed.
             seconds = min(seconds, now - self.caught_up_at)
+        self.lag, self.lag_measured_at = seconds, cycle_started
         return Lag(lag_bytes, seconds)
 
     def count_conflicts(self, result: Probe, *, now: float) -> Conflicts:
