@@ -84,6 +84,7 @@ bench: needs-postgresql+wrk install
 		$(BIN)/python bench/bench_router.py | tee docs/bench/router.txt && \
 		$(BIN)/python bench/bench_orm.py | tee docs/bench/orm.txt && \
 		$(BIN)/python bench/bench_read_your_writes.py | tee docs/bench/read_your_writes.txt && \
+		$(BIN)/python bench/bench_monotonic.py | tee docs/bench/monotonic.txt && \
 		$(BIN)/python bench/bench_http.py'
 	$(CLUSTER) run --dir $(CLUSTER_DIR) --replicas $(REPLICAS) -- env PYTEST_ADDOPTS="-s -k chaos" \
 		$(BIN)/pytest tests/integration/test_chaos.py | grep '^chaos' | tee docs/bench/chaos.txt

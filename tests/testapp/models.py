@@ -16,3 +16,13 @@ class Book(models.Model):
 
     def __str__(self) -> str:
         return self.title
+
+
+class Counter(models.Model):
+    """A number that only ever grows on the primary: a replica that returns a
+    smaller value than an earlier read did is behind that earlier read."""
+
+    value = models.BigIntegerField(default=0)
+
+    def __str__(self) -> str:
+        return str(self.value)
