@@ -30,6 +30,7 @@ from __future__ import annotations
 
 import logging
 import math
+import time
 from collections.abc import Awaitable, Callable
 from datetime import timedelta
 from typing import Any
@@ -50,13 +51,32 @@ logger = logging.getLogger("replica_router")
 _SALT = "replica_router.middleware.PrimaryPinningMiddleware"
 
 
-def _signer() -> signing.TimestampSigner:
-    return signing.TimestampSigner(salt=_SALT)
+class _PinSigner(signing.TimestampSigner):
+    """Signs a pin with the time of the write, also when the pin is signed again.
+
+    A pin lasts ``PIN_SECONDS`` from the write; re-signing it to name the
+    replica a request read from must not extend it.
+    """
+
+    def __init__(self, signed_at: int | None = None) -> None:
+        super().__init__(salt=_SALT)
+        self.signed_at = signed_at
+
+    def timestamp(self) -> str:
+        if self.signed_at is None:
+            return super().timestamp()
+        return signing.b62_encode(self.signed_at)
 
 
-def sign_pin(value: str) -> str:
-    """The cookie value for ``value`` (``"lsn:0/3000148"`` or ``"time"``)."""
-    return _signer().sign(value)
+def sign_pin(value: str, *, signed_at: int | None = None) -> str:
+    """The cookie value for ``value`` (``"lsn:0/3000148"``, ``"lsn:0/3000148@replica_1"``
+    or ``"time"``), signed now or at ``signed_at`` (a Unix time)."""
+    return _PinSigner(signed_at).sign(value)
+
+
+def _signed_at(raw: str) -> int:
+    """When a cookie that :func:`read_cookie` accepted was signed."""
+    return int(signing.b62_decode(raw.rsplit(":", 2)[-2]))
 
 
 def read_cookie(raw: str | None, config: RouterConfig) -> CausalState | None:
@@ -64,21 +84,27 @@ def read_cookie(raw: str | None, config: RouterConfig) -> CausalState | None:
     if not raw:
         return None
     try:
-        value = _signer().unsign(raw, max_age=timedelta(seconds=config.pin_seconds))
+        value = _PinSigner().unsign(raw, max_age=timedelta(seconds=config.pin_seconds))
     except signing.SignatureExpired:
         return None
     except signing.BadSignature:
         logger.debug("replica_router: ignoring a pin cookie with a bad signature")
         return None
-    kind, _, lsn = value.partition(":")
+    kind, _, rest = value.partition(":")
     if kind == "time" and config.read_your_writes == "time":
         return CausalState(pinned=True)
     if kind == "lsn" and config.read_your_writes == "lsn":
+        lsn, _, node = rest.partition("@")
         try:
-            return CausalState(min_lsn=parse_lsn(lsn))
+            min_lsn = parse_lsn(lsn)
         except ValueError:
             logger.debug("replica_router: ignoring a malformed pin cookie")
             return None
+        # The replica the client's last request read from, which has the
+        # write: reading there again cannot go back in time.
+        if not (config.monotonic_reads and node in config.replicas):
+            node = ""
+        return CausalState(min_lsn=min_lsn, reading_from=node or None)
     # A cookie from the other mode (the setting changed): a write happened less
     # than PIN_SECONDS ago, so reading from the primary is the safe answer.
     return CausalState(pinned=True)
@@ -110,7 +136,7 @@ class PrimaryPinningMiddleware:
         reset = causal_state.set(state)
         try:
             response: HttpResponseBase = self.get_response(request)  # type: ignore[assignment]
-            lsn = primary_insert_lsn() if state.wrote and config.read_your_writes == "lsn" else None
+            lsn = primary_insert_lsn() if _needs_position(request, state, config) else None
         finally:
             causal_state.reset(reset)
         self._finish(request, response, state, lsn, config)
@@ -125,7 +151,7 @@ class PrimaryPinningMiddleware:
         try:
             response: HttpResponseBase = await self.get_response(request)  # type: ignore[misc]
             lsn = None
-            if state.wrote and config.read_your_writes == "lsn":
+            if _needs_position(request, state, config):
                 lsn = await sync_to_async(primary_insert_lsn)()
         finally:
             causal_state.reset(reset)
@@ -165,8 +191,60 @@ class PrimaryPinningMiddleware:
             )
             if config.metrics and (counters := get_counters()) is not None:
                 counters.pins_set()
-        elif state.min_lsn is not None and name in request.COOKIES and _all_replayed(state):
-            response.delete_cookie(name, samesite="Lax")
+        elif state.min_lsn is not None and name in request.COOKIES:
+            if config.monotonic_reads:
+                self._carry_on(request, response, state, lsn, config)
+            elif _all_replayed(state):
+                response.delete_cookie(name, samesite="Lax")
+
+    @staticmethod
+    def _carry_on(
+        request: HttpRequest,
+        response: HttpResponseBase,
+        state: CausalState,
+        lsn: int | None,
+        config: RouterConfig,
+    ) -> None:
+        """Monotonic reads across a pinned client's requests.
+
+        Until the pin expires, the cookie names the replica this request read
+        from, so that the next request reads there too; after a request that
+        read from the primary, it carries the primary's position instead, so
+        that the next request reads from a replica at least that new.
+        """
+        assert state.min_lsn is not None
+        node = state.reading_from
+        if node is None:
+            return  # no read: nothing to carry on
+        if node == config.primary:
+            value = f"lsn:{format_lsn(max(state.min_lsn, lsn or 0))}"
+        else:
+            value = f"lsn:{format_lsn(state.min_lsn)}@{node}"
+        raw = request.COOKIES[config.cookie_name]
+        if raw.rpartition(":")[0].rpartition(":")[0] == value:
+            return  # the cookie says so already
+        signed_at = _signed_at(raw)
+        response.set_cookie(
+            config.cookie_name,
+            sign_pin(value, signed_at=signed_at),
+            max_age=max(1, math.ceil(signed_at + config.pin_seconds - time.time())),
+            httponly=True,
+            samesite="Lax",
+            secure=request.is_secure(),
+        )
+
+
+def _needs_position(request: HttpRequest, state: CausalState, config: RouterConfig) -> bool:
+    """Whether the cookie will carry the primary's WAL position now: after a
+    write, or after a pinned request that read from the primary."""
+    if config.read_your_writes != "lsn":
+        return False
+    return state.wrote or (
+        config.monotonic_reads
+        and state.min_lsn is not None
+        and state.reading_from == config.primary
+        and config.cookie_name in request.COOKIES
+    )
 
 
 def _all_replayed(state: CausalState) -> bool:

@@ -92,9 +92,12 @@ def _within_budget(routing: Routing, alias: str, budget: float, *, loose: bool) 
 def _replica_for(
     routing: Routing, state: CausalState | None, min_lsn: int | None, budget: float | None
 ) -> str | None:
-    """A replica for this read: in rotation by weight, that has replayed
-    ``min_lsn`` and keeps the budget; or, for a loose budget, one out of
-    rotation for lag alone that keeps it. None if there is none."""
+    """A replica for this read that has replayed ``min_lsn`` and keeps the
+    budget, or None. Picked by the weighted schedule among the replicas in
+    rotation; for a loose budget, by weight among those in rotation and those
+    out of it for lag alone."""
+    if budget is not None and budget > routing.config.max_lag_seconds:
+        return _loose_replica_for(routing, state, min_lsn, budget)
     for _ in range(len(routing.balancer.weights)):
         alias = routing.balancer.pick()
         if alias is None:
@@ -104,17 +107,26 @@ def _replica_for(
         if min_lsn is not None and not _caught_up(routing, state, alias, min_lsn):
             continue
         return alias
-    if budget is None or budget <= routing.config.max_lag_seconds or routing.monitor is None:
+    return None
+
+
+def _loose_replica_for(
+    routing: Routing, state: CausalState | None, min_lsn: int | None, budget: float
+) -> str | None:
+    # A report that tolerates minutes reads from lagging replicas as well as
+    # healthy ones: during a lag storm its load stays off the primary, and it
+    # is spread over every replica that can take it.
+    if routing.monitor is None:
         return None
-    # Out of rotation for lag only: a report that tolerates minutes can still
-    # read there during a lag storm instead of loading the primary.
-    lagging = [
+    weights = routing.config.replicas
+    candidates = [
         alias
-        for alias, freshness in routing.monitor.freshness.items()
-        if not freshness.in_rotation and _within_budget(routing, alias, budget, loose=True)
+        for alias in routing.monitor.freshness
+        if weights.get(alias, 0) > 0 and _within_budget(routing, alias, budget, loose=True)
     ]
-    random.shuffle(lagging)
-    for alias in lagging:
+    # A random order weighted by the replicas' weights (Efraimidis-Spirakis).
+    candidates.sort(key=lambda alias: random.random() ** (1 / weights[alias]), reverse=True)
+    for alias in candidates:
         if min_lsn is None or _caught_up(routing, state, alias, min_lsn):
             return alias
     return None

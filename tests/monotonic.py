@@ -235,6 +235,24 @@ def through_requests(pk: int, count: int) -> Callable[[], list[list[Read]]]:
     return run
 
 
+def through_pinned_requests(pk: int, count: int) -> Callable[[], list[list[Read]]]:
+    """A client that writes once (and so carries a pin cookie), then makes
+    ``count`` requests of the counter page; the write's request comes first."""
+
+    def run() -> list[list[Read]]:
+        client = Client()
+        response = client.post(f"/counter/{pk}/")
+        assert response.status_code == 200 and client.cookies.get("replica_router"), response
+        groups = [[(value, alias) for value, alias in response.json()["reads"]]]
+        for _ in range(count):
+            response = client.get(f"/counter/{pk}/")
+            assert response.status_code == 200, response
+            groups.append([(value, alias) for value, alias in response.json()["reads"]])
+        return groups
+
+    return run
+
+
 def in_causal_blocks(pk: int, count: int) -> Callable[[], list[list[Read]]]:
     """``count`` ``with causal():`` blocks of the same reads, in a job's thread."""
 

@@ -6,8 +6,10 @@ lists every value read and the alias that served it (``obj._state.db``).
 
 from __future__ import annotations
 
+from django.db.models import F
 from django.http import HttpRequest, JsonResponse
 from django.urls import path
+from django.views.decorators.csrf import csrf_exempt
 
 from tests.testapp.models import Counter
 
@@ -16,6 +18,8 @@ READS_PER_REQUEST = 6
 
 
 def read_counter(request: HttpRequest, pk: int) -> JsonResponse:
+    if request.method == "POST":  # a write, which gives the client a pin cookie
+        Counter.objects.filter(pk=pk).update(value=F("value") + 1)
     reads = []
     for _ in range(READS_PER_REQUEST):
         counter = Counter.objects.get(pk=pk)
@@ -23,4 +27,4 @@ def read_counter(request: HttpRequest, pk: int) -> JsonResponse:
     return JsonResponse({"reads": reads})
 
 
-urlpatterns = [path("counter/<int:pk>/", read_counter)]
+urlpatterns = [path("counter/<int:pk>/", csrf_exempt(read_counter))]

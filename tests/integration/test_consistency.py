@@ -25,6 +25,7 @@ from tests.monotonic import (
     in_causal_blocks,
     lagging_counter,
     measure,
+    through_pinned_requests,
     through_requests,
     went_back,
 )
@@ -99,5 +100,20 @@ def test_no_causal_block_sees_the_counter_go_back(counter):
     assert outcome.went_back == 0, (
         f"{outcome.went_back} of {REQUESTS} causal() blocks saw the counter go back; "
         f"served by {dict(outcome.served)}"
+    )
+    assert outcome.replica_share > 0.5, dict(outcome.served)
+
+
+@db
+def test_a_pinned_client_never_goes_back_across_its_requests(counter):
+    """For PIN_SECONDS after a client writes, its requests read on from the
+    replica its last request read from (the pin cookie names it)."""
+    with configured(PIN_SECONDS=600.0):
+        outcome = measure(counter, through_pinned_requests(counter, REQUESTS))
+    assert outcome.replicas_stayed_in_rotation, outcome.state_changes
+    everything = [value for group in outcome.groups for value, _ in group]
+    assert not went_back(everything), (
+        f"requests went back; served by {dict(outcome.served)}; "
+        f"first values: {[group[0] for group in outcome.groups[:8]]}"
     )
     assert outcome.replica_share > 0.5, dict(outcome.served)

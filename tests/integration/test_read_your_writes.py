@@ -146,7 +146,9 @@ def test_login_is_lost_without_the_middleware_while_replicas_are_paused(
 
 @db
 def test_lsn_mode_returns_to_replicas_once_they_caught_up(replica_cluster: Cluster):
-    with configured("lsn", PIN_SECONDS=60.0):
+    # Without monotonic reads the cookie has no use once every replica has the
+    # write (with them, it names the replica to read on from; see below).
+    with configured("lsn", PIN_SECONDS=60.0, MONOTONIC_READS=False):
         client = Client()
         pk = client.post("/authors/", {"name": "x"}).json()["id"]
         cookie = client.cookies["replica_router"]
@@ -157,6 +159,29 @@ def test_lsn_mode_returns_to_replicas_once_they_caught_up(replica_cluster: Clust
         assert shown.json()["db"] in {"replica_1", "replica_2"}
         # ...and the cookie is dropped, every replica having passed the token.
         assert shown.cookies["replica_router"].value == ""
+
+
+@db
+def test_the_cookie_names_the_replica_read_from_without_outliving_the_write(
+    replica_cluster: Cluster,
+):
+    with configured("lsn", PIN_SECONDS=60.0):
+        client = Client()
+        pk = client.post("/authors/", {"name": "x"}).json()["id"]
+        written = client.cookies["replica_router"].value
+        replica_cluster.wait_replayed()
+        first = client.get(f"/authors/{pk}/")
+        node = first.json()["db"]
+        assert node in {"replica_1", "replica_2"}
+        carried = first.cookies["replica_router"].value
+        assert carried.rsplit(":", 2)[0] == written.rsplit(":", 2)[0] + f"@{node}"
+        # Signed at the time of the write: the pin does not last longer.
+        assert carried.rsplit(":", 2)[1] == written.rsplit(":", 2)[1]
+        # The next requests read there again and need not set the cookie again.
+        for _ in range(4):
+            again = client.get(f"/authors/{pk}/")
+            assert again.json()["db"] == node
+            assert "replica_router" not in again.cookies
 
 
 @db

@@ -234,6 +234,7 @@ def test_public_api():
         "ReplicaRouter",
         "causal",
         "current_token",
+        "max_lag",
         "use_primary",
     ]
     assert replica_router.ReplicaRouter is ReplicaRouter

@@ -16,8 +16,7 @@ from collections import Counter
 import pytest
 from django.test import override_settings
 
-from replica_router import ReplicaRouter, causal, max_lag, use_primary
-from replica_router import runtime
+from replica_router import ReplicaRouter, causal, max_lag, runtime, use_primary
 from replica_router.context import MaxLag, lag_budget
 from replica_router.health.model import Freshness
 from replica_router.router import alternative_for
@@ -230,10 +229,13 @@ def test_a_loose_budget_reads_from_replicas_out_of_rotation_for_lag(router):
 
 
 @override_settings(REPLICA_ROUTER=MEASURED)
-def test_a_loose_budget_prefers_the_rotation(router):
-    measured(replica_1=(0.1, 0, True), replica_2=(40.0, 0, False))
+def test_a_loose_budget_spreads_over_rotation_and_lagging_replicas_by_weight(router):
+    measured(replica_1=(40.0, 0, False), replica_2=(0.1, 0, True))
     with max_lag(600):
-        assert {router.db_for_read(Author) for _ in range(20)} == {"replica_1"}
+        served = Counter(router.db_for_read(Author) for _ in range(2000))
+    # Weights 3:1, so about 1500 and 500.
+    assert 1300 < served["replica_1"] < 1700
+    assert served["replica_1"] + served["replica_2"] == 2000
 
 
 @override_settings(REPLICA_ROUTER=MEASURED)
