@@ -42,6 +42,7 @@ from tests.monotonic import (  # noqa: E402
     configured,
     lagging_counter,
     measure,
+    through_pinned_requests,
     through_requests,
 )
 from tests.monotonic_urls import READS_PER_REQUEST  # noqa: E402
@@ -49,11 +50,14 @@ from tests.monotonic_urls import READS_PER_REQUEST  # noqa: E402
 SETTING = "MONOTONIC_READS"
 
 
-def run(pk: int, requests: int, monotonic: bool, supported: bool) -> Outcome:
+def run(
+    pk: int, requests: int, monotonic: bool, supported: bool, *, pinned: bool = False
+) -> Outcome:
     # A version without the setting would reject the key: leave it out there.
     extra = {SETTING: monotonic} if supported else {}
-    with configured(**extra):
-        outcome = measure(pk, through_requests(pk, requests))
+    through = through_pinned_requests if pinned else through_requests
+    with configured(PIN_SECONDS=600.0, **extra):
+        outcome = measure(pk, through(pk, requests))
     if not outcome.replicas_stayed_in_rotation:
         sys.exit(
             f"{SETTING} {'on' if monotonic else 'off'}: a replica left rotation during the "
@@ -61,6 +65,17 @@ def run(pk: int, requests: int, monotonic: bool, supported: bool) -> Outcome:
             f"{outcome.state_changes}); the figures would not measure the scenario."
         )
     return outcome
+
+
+def behind_earlier(outcome: Outcome) -> int:
+    """Requests that read a value older than one an earlier request read."""
+    count, highest = 0, None
+    for group in outcome.groups:
+        values = [value for value, _ in group]
+        if highest is not None and min(values) < highest:
+            count += 1
+        highest = max(values) if highest is None else max(highest, *values)
+    return count
 
 
 def main() -> None:
@@ -76,6 +91,8 @@ def main() -> None:
         with lagging_counter(cluster, "app", cluster.delay) as pk:
             on = run(pk, args.requests, True, supported)
             off = run(pk, args.requests, False, supported)
+            pinned_on = run(pk, args.requests, True, supported, pinned=True)
+            pinned_off = run(pk, args.requests, False, supported, pinned=True)
     finally:
         cluster.delay(DELAYED, 0)
 
@@ -84,6 +101,12 @@ def main() -> None:
         f"{DELAY_SECONDS:g} s behind: {SETTING} on: {on.went_back} went back "
         f"(replica share {on.replica_share * 100:.1f} %); off: {off.went_back} went back "
         f"(replica share {off.replica_share * 100:.1f} %)"
+    )
+    print(
+        f"monotonic across requests: a client that wrote, then {args.requests} requests "
+        f"within PIN_SECONDS: on: {behind_earlier(pinned_on)} went back from an earlier "
+        f"request (replica share {pinned_on.replica_share * 100:.1f} %); off: "
+        f"{behind_earlier(pinned_off)} (replica share {pinned_off.replica_share * 100:.1f} %)"
     )
     if not supported:
         print(f"({SETTING} is not a setting of this version: both runs route alike)")
