@@ -28,8 +28,9 @@ header goes with every task this process publishes; a worker without
 
 The block lives on the task's request, which Celery keeps per execution and
 per thread, so it works with the prefork, solo and threads pools, and
-concurrent tasks never share one. Eagerly applied tasks (``task_always_eager``, ``Task.apply``) run in the
-caller's own context, which already has the right state, and are left alone.
+concurrent tasks never share one. Eagerly applied tasks (``task_always_eager``,
+``Task.apply``) run in the caller's own context, which already has the right
+state, and are left alone.
 """
 
 from __future__ import annotations
