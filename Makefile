@@ -38,7 +38,7 @@ needs-%:
 # `make cluster-up`, and removed if created here), then its branch coverage of
 # replica_router/ (failing under the floor in pyproject.toml), then the sample
 # site's suite. Stops at the first of these that fails.
-test: needs-postgresql+chromium install
+test: needs-postgresql+chromium+redis install
 	$(BIN)/coverage erase
 	$(CLUSTER) run --dir $(CLUSTER_DIR) --replicas $(REPLICAS) -- $(BIN)/coverage run -m pytest $(PYTEST_ARGS)
 	$(BIN)/coverage combine --quiet
@@ -78,13 +78,14 @@ docs: install
 	$(BIN)/sphinx-build -W --keep-going -q -b html docs docs/_build/html
 
 # Benchmarks print their figures; each compares side by side in one process.
-bench: needs-postgresql+wrk install
+bench: needs-postgresql+wrk+redis install
 	mkdir -p docs/bench
 	$(CLUSTER) run --dir $(CLUSTER_DIR) --replicas $(REPLICAS) -- sh -c '\
 		$(BIN)/python bench/bench_router.py | tee docs/bench/router.txt && \
 		$(BIN)/python bench/bench_orm.py | tee docs/bench/orm.txt && \
 		$(BIN)/python bench/bench_read_your_writes.py | tee docs/bench/read_your_writes.txt && \
 		$(BIN)/python bench/bench_monotonic.py | tee docs/bench/monotonic.txt && \
+		$(BIN)/python bench/bench_celery.py | tee docs/bench/celery.txt && \
 		$(BIN)/python bench/bench_http.py'
 	$(CLUSTER) run --dir $(CLUSTER_DIR) --replicas $(REPLICAS) -- env PYTEST_ADDOPTS="-s -k chaos" \
 		$(BIN)/pytest tests/integration/test_chaos.py | grep '^chaos' | tee docs/bench/chaos.txt

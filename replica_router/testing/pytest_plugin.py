@@ -16,6 +16,9 @@ django-replica-router can use them:
 * ``recovery_conflicts``: call it with a replica's name to make it cancel
   queries that conflict with WAL replay (``hot_standby_feedback = off``,
   ``max_standby_streaming_delay = 0``) until the test ends.
+* ``redis_server`` (session): the URL (``redis://127.0.0.1:PORT/0``) of a
+  throwaway ``redis-server`` started for the session and stopped afterwards
+  (:class:`~replica_router.testing.redis_server.RedisServer`).
 
 ``pytest --replica-cluster`` starts a cluster before Django's settings are read
 and exports ``DATABASE_URL``, ``REPLICA_URLS`` and ``REPLICA_ROUTER_CLUSTER_DIR``,
@@ -32,6 +35,7 @@ from typing import Any
 import pytest
 
 from replica_router.testing.cluster import Cluster
+from replica_router.testing.redis_server import RedisServer
 
 _ENV_DIR = "REPLICA_ROUTER_CLUSTER_DIR"
 _started: list[Cluster] = []
@@ -138,3 +142,15 @@ def recovery_conflicts(replica_cluster: Cluster) -> Iterator[Callable[[str], Non
         replica_cluster.conflicts,
         lambda name: replica_cluster.conflicts(name, on=False),
     )
+
+
+@pytest.fixture(scope="session")
+def redis_server() -> Iterator[str]:
+    """The URL of a Redis server started for this session on a free loopback port.
+
+    Never one that was running already: its data is the session's alone, and
+    it is stopped, its directory removed, when the session ends. Needs
+    ``redis-server`` on PATH (Debian: ``apt-get install redis-server``).
+    """
+    with RedisServer() as server:
+        yield server.url()
