@@ -38,32 +38,37 @@ __all__ = [
     "causal",
     "causal_state",
     "current_token",
-    "forced_primary",
     "lag_budget",
     "max_lag",
     "note_write",
     "primary_forced",
     "primary_insert_lsn",
+    "read_override",
     "use_primary",
 ]
 
-#: True under :func:`use_primary`. The router reads it on every read
-#: (``forced_primary.get()`` is one C call).
-forced_primary: ContextVar[bool] = ContextVar("replica_router.primary_forced", default=False)
-
-#: The staleness budget in seconds under :func:`max_lag`, else None.
-lag_budget: ContextVar[float | None] = ContextVar("replica_router.max_lag", default=None)
+#: What the running code asks of its reads: ``False`` (nothing), ``True``
+#: (:func:`use_primary`) or a float (a :func:`max_lag` budget in seconds). One
+#: variable for both, because the router reads it on every read and one
+#: ``get()`` is one C call. ``True`` is tested with ``is``: ``1.0 == True``.
+read_override: ContextVar[bool | float] = ContextVar("replica_router.read_override", default=False)
 
 _F = TypeVar("_F", bound=Callable[..., Any])
 
 
 def primary_forced() -> bool:
     """Return True while the current code runs under :func:`use_primary`."""
-    return forced_primary.get()
+    return read_override.get() is True
+
+
+def lag_budget() -> float | None:
+    """The staleness budget of the current code in seconds, or None."""
+    override = read_override.get()
+    return None if override is True or override is False else override
 
 
 class _Override:
-    """Sets a context variable for a block or for each call of a function.
+    """Sets :data:`read_override` for a block or for each call of a function.
 
     As a context manager an instance may be entered once at a time; call the
     factory again for each ``with`` block. As a decorator it sets the variable
@@ -71,14 +76,13 @@ class _Override:
     """
 
     __slots__ = ("_reset",)
-    _var: ContextVar[Any]
     _name: str
 
     def __init__(self) -> None:
-        self._reset: Token[Any] | None = None
+        self._reset: Token[bool | float] | None = None
 
-    @property
-    def _value(self) -> object:
+    def _override(self, outer: bool | float) -> bool | float:
+        """The value inside, given the value outside."""
         raise NotImplementedError
 
     def __enter__(self) -> None:
@@ -87,7 +91,7 @@ class _Override:
                 f"This {self._name}() block is already active; call {self._name}() again "
                 "for a nested or concurrent block."
             )
-        self._reset = self._var.set(self._value)
+        self._reset = read_override.set(self._override(read_override.get()))
 
     def __exit__(
         self,
@@ -97,26 +101,26 @@ class _Override:
     ) -> None:
         reset, self._reset = self._reset, None
         if reset is not None:
-            self._var.reset(reset)
+            read_override.reset(reset)
 
     def __call__(self, func: _F) -> _F:
-        return _decorate(func, self._var, self._value, self._name)
+        return _decorate(func, self._override, self._name)
 
 
 class UsePrimary(_Override):
     """Send every read to the primary while active; returned by ``use_primary()``."""
 
     __slots__ = ()
-    _var = forced_primary
     _name = "use_primary"
-    _value = True
+
+    def _override(self, outer: bool | float) -> bool:
+        return _force_primary(outer)
 
 
 class MaxLag(_Override):
     """Give reads a staleness budget while active; returned by ``max_lag(seconds)``."""
 
     __slots__ = ("seconds",)
-    _var = lag_budget
     _name = "max_lag"
 
     def __init__(self, seconds: float) -> None:
@@ -128,15 +132,15 @@ class MaxLag(_Override):
             raise ValueError(f"max_lag() needs a positive finite number of seconds: {seconds!r}")
         self.seconds = float(seconds)
 
-    @property
-    def _value(self) -> float:
-        return self.seconds
+    def _override(self, outer: bool | float) -> bool | float:
+        # Inside use_primary the reads stay on the primary; else the innermost budget wins.
+        return True if outer is True else self.seconds
 
 
-def _decorate(func: _F, var: ContextVar[Any], value: object, name: str) -> _F:
+def _decorate(func: _F, override: Callable[[bool | float], bool | float], name: str) -> _F:
     if isinstance(func, staticmethod | classmethod):
         # Wrap the function inside and re-wrap, so the decorator order does not matter.
-        return cast(_F, type(func)(_decorate(func.__func__, var, value, name)))
+        return cast(_F, type(func)(_decorate(func.__func__, override, name)))
     if not callable(func):
         raise TypeError(f"{name} can decorate a function or method, not {func!r}.")
     if inspect.isgeneratorfunction(func) or inspect.isasyncgenfunction(func):
@@ -152,23 +156,35 @@ def _decorate(func: _F, var: ContextVar[Any], value: object, name: str) -> _F:
         @functools.wraps(func)
         async def async_wrapper(*args: Any, **kwargs: Any) -> Any:
             # Set inside the coroutine, so it lands in the running task's context.
-            reset = var.set(value)
+            reset = read_override.set(override(read_override.get()))
             try:
                 return await func(*args, **kwargs)
             finally:
-                var.reset(reset)
+                read_override.reset(reset)
 
         return cast(_F, async_wrapper)
 
     @functools.wraps(func)
     def wrapper(*args: Any, **kwargs: Any) -> Any:
-        reset = var.set(value)
+        reset = read_override.set(override(read_override.get()))
         try:
             return func(*args, **kwargs)
         finally:
-            var.reset(reset)
+            read_override.reset(reset)
 
     return cast(_F, wrapper)
+
+
+def _force_primary(outer: bool | float) -> bool:
+    # Under monotonic reads, a context that reads from the primary must not
+    # read from a replica afterwards: any replica may be older than what it
+    # saw. Noted once here, when the block starts, rather than on every read.
+    state = causal_state.get()
+    if state is not None:
+        config = get_config()
+        if config.monotonic_reads:
+            state.reading_from = config.primary
+    return True
 
 
 @overload
@@ -189,7 +205,7 @@ def use_primary(func: _F | None = None, /) -> _F | UsePrimary:
     """
     if func is None:
         return UsePrimary()
-    return _decorate(func, forced_primary, True, "use_primary")
+    return _decorate(func, _force_primary, "use_primary")
 
 
 def max_lag(seconds: float) -> MaxLag:
@@ -261,17 +277,26 @@ def primary_insert_lsn() -> int:
 
 
 def current_token() -> str | None:
-    """The causality token of this context's last write on the primary, or None.
+    """The causality token of what this context must see, or None.
+
+    After a write in this context, the primary's position after it; otherwise
+    the position this context was given to read at (a pin cookie's, or the
+    token of an enclosing ``causal(token)``), so that work handed on from a job
+    that was itself handed a token still sees that write. None when neither.
 
     Pass it to work that runs elsewhere (a Celery task's headers, say) and read
     there inside ``with causal(token):``, so those reads see this write. It is a
-    WAL position such as ``"0/3000148"``, not a secret.
+    WAL position such as ``"0/3000148"``, not a secret. Inside
+    ``transaction.atomic()`` the write is not committed yet: hand the work on
+    from ``transaction.on_commit``.
     """
     state = causal_state.get()
     wrote = state.wrote if state is not None else _wrote_outside.get()
-    if not wrote:
-        return None
-    return format_lsn(primary_insert_lsn())
+    if wrote:
+        return format_lsn(primary_insert_lsn())
+    if state is not None and state.min_lsn is not None:
+        return format_lsn(state.min_lsn)
+    return None
 
 
 class causal:  # noqa: N801 - used like a function, as ``with causal(token):``

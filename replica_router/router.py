@@ -17,7 +17,7 @@ from typing import TYPE_CHECKING, Any
 from django.db import connections
 
 from replica_router import runtime
-from replica_router.context import CausalState, causal_state, forced_primary, lag_budget
+from replica_router.context import CausalState, causal_state, lag_budget, read_override
 from replica_router.exceptions import NoReplicaAvailable
 from replica_router.lsn import REPLAY_LSN, query_lsn
 from replica_router.runtime import Routing
@@ -204,7 +204,7 @@ def alternative_for(alias: str) -> str:
         if routing.monotonic_reads:
             state.reading_from = routing.primary
         return routing.primary
-    if lag_budget.get() is not None:
+    if lag_budget() is not None:
         return routing.primary  # the budget was kept by the replica that failed
     for _ in range(len(routing.balancer.weights)):
         candidate = routing.balancer.pick()
@@ -228,10 +228,11 @@ class ReplicaRouter:
     def db_for_read(self, model: type[Model], **hints: Any) -> str:
         routing = runtime.current or runtime.load()
         counters = routing.counters  # None with METRICS off: then nothing is counted
-        if forced_primary.get():
+        override = read_override.get()  # True under use_primary, a float under max_lag
+        if override is True:
+            # use_primary() has moved a monotonic context to the primary already.
             if counters is not None:
                 counters.reads_use_primary()
-            _read_primary(routing)
             return routing.primary
         primary_only = routing.primary_only_models.get(model)
         if primary_only is None:
@@ -261,9 +262,20 @@ class ReplicaRouter:
                 counters.read(routing.primary, "migrate")
             return routing.primary
         state = causal_state.get()
-        budget = lag_budget.get()
-        if state is not None or budget is not None:
-            node, reason = _route_in_context(routing, state, budget)
+        if state is not None and override is False:
+            # The common case in a request, inlined: a read on from the replica
+            # this context already reads from, still in rotation.
+            node = state.reading_from
+            if (
+                node is not None
+                and node in routing.balancer.rotation
+                and not (routing.read_your_writes and (state.wrote or state.pinned))
+            ):
+                if counters is not None:
+                    counters.reads_on_replica[node]()
+                return node
+        if state is not None or override is not False:
+            node, reason = _route_in_context(routing, state, override or None)
             if counters is not None:
                 counters.read(node, reason)
             return node

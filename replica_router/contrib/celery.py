@@ -41,8 +41,7 @@ from typing import TYPE_CHECKING, Any
 
 from celery import signals
 
-from replica_router.context import causal, causal_state, current_token
-from replica_router.lsn import format_lsn
+from replica_router.context import causal, current_token
 
 if TYPE_CHECKING:
     from celery import Celery
@@ -83,21 +82,6 @@ def uninstall(app: Celery) -> None:
         signals.task_postrun.disconnect(dispatch_uid=f"{_UID}.postrun")
 
 
-def token_to_send() -> str | None:
-    """The token a task enqueued here must carry, or None.
-
-    This context's own last write (``current_token()``) if it wrote; else the
-    token it runs under, so that a task enqueued by a task that was itself
-    enqueued after a write sees that write too.
-    """
-    token = current_token()
-    if token is None:
-        state = causal_state.get()
-        if state is not None and state.min_lsn is not None:
-            token = format_lsn(state.min_lsn)
-    return token
-
-
 def token_of(request: Any) -> str | None:
     """The token a task's request carries, or None.
 
@@ -114,7 +98,7 @@ def token_of(request: Any) -> str | None:
 def _add_token(*, headers: dict[str, Any] | None = None, **kwargs: Any) -> None:
     if headers is None or not _installed:
         return
-    token = token_to_send()
+    token = current_token()
     if token is not None:
         headers[HEADER] = token
 

@@ -17,7 +17,7 @@ import pytest
 from django.test import override_settings
 
 from replica_router import ReplicaRouter, causal, max_lag, runtime, use_primary
-from replica_router.context import MaxLag, lag_budget
+from replica_router.context import MaxLag, lag_budget, primary_forced
 from replica_router.health.model import Freshness
 from replica_router.router import alternative_for
 from tests.testapp.models import Author
@@ -135,31 +135,48 @@ def test_max_lag_refuses_what_is_not_a_number(bad):
 
 
 def test_max_lag_nests_and_restores():
-    assert lag_budget.get() is None
+    assert lag_budget() is None
     with max_lag(600):
         with max_lag(2):
-            assert lag_budget.get() == 2.0  # the innermost block wins
-        assert lag_budget.get() == 600.0
-    assert lag_budget.get() is None
+            assert lag_budget() == 2.0  # the innermost block wins
+        assert lag_budget() == 600.0
+    assert lag_budget() is None
     with pytest.raises(ZeroDivisionError), max_lag(3):
         1 / 0  # noqa: B018
-    assert lag_budget.get() is None
+    assert lag_budget() is None
+
+
+def test_use_primary_wins_over_a_budget_inside_or_outside_it():
+    with use_primary(), max_lag(5):
+        assert lag_budget() is None and primary_forced()
+
+    @max_lag(5)
+    def inner():
+        return primary_forced(), lag_budget()
+
+    with use_primary():
+        assert inner() == (True, None)
+    with max_lag(1), use_primary():
+        assert primary_forced()
+    # A budget of one second is not "use_primary" (1.0 == True in Python).
+    with max_lag(1):
+        assert lag_budget() == 1.0 and not primary_forced()
 
 
 def test_max_lag_decorates_sync_and_async_functions():
     @max_lag(30)
     def report():
-        return lag_budget.get()
+        return lag_budget()
 
     @max_lag(0.5)
     async def fresh():
         await asyncio.sleep(0)
-        return lag_budget.get()
+        return lag_budget()
 
     assert report() == 30.0
     assert asyncio.run(fresh()) == 0.5
     assert report.__name__ == "report"
-    assert lag_budget.get() is None
+    assert lag_budget() is None
 
 
 def test_one_max_lag_instance_cannot_be_entered_twice_at_once():
@@ -285,3 +302,17 @@ def test_a_context_reading_out_of_rotation_returns_to_the_primary_after_the_budg
             assert first in {"replica_1", "replica_2"}
             assert router.db_for_read(Author) == first
         assert router.db_for_read(Author) == "default"
+
+
+# -- tokens handed on ----------------------------------------------------------
+
+
+def test_a_context_that_did_not_write_hands_on_the_token_it_reads_at():
+    from replica_router import current_token
+
+    assert current_token() is None
+    with causal("0/3000148"):
+        # A job enqueued from here must see the write its own enqueuer made.
+        assert current_token() == "0/3000148"
+    with causal():
+        assert current_token() is None
