@@ -61,7 +61,7 @@ format: install
 	$(BIN)/ruff format .
 
 # Python 3.11 + Django 5.2, 3.12 + Django 6.1, 3.13 + Django 6.0, one cluster for all.
-test-matrix: needs-postgresql install
+test-matrix: needs-postgresql+redis install
 	$(CLUSTER) run --dir $(CLUSTER_DIR) --replicas $(REPLICAS) -- $(BIN)/nox $(NOX_ARGS)
 
 cluster-up: needs-postgresql install

@@ -17,7 +17,7 @@ from django.db import router, transaction
 from replica_router.context import causal_state
 from replica_router.contrib.celery import token_of
 from replica_router.lsn import format_lsn
-from tests.testapp.models import Author
+from tests.testapp.models import Author, Counter
 
 # The concurrency test holds this many tasks inside their causal blocks at once.
 CONCURRENT = 4
@@ -43,6 +43,15 @@ def make_app(name: str, redis_url: str) -> Celery:
             "db": author._state.db if author else None,
             "pid": os.getpid(),
         }
+
+    @app.task(name="read_counter", shared=False)
+    def read_counter(pk: int, reads: int = 6) -> list[tuple[int, str]]:
+        """Read a counter several times, each read routed as usual."""
+        seen = []
+        for _ in range(reads):
+            counter = Counter.objects.get(pk=pk)
+            seen.append((counter.value, counter._state.db))
+        return seen
 
     @app.task(name="create_then_read", shared=False)
     def create_then_read(name: str) -> dict:
