@@ -181,14 +181,7 @@ class PrimaryPinningMiddleware:
             return
         if state.wrote:
             value = f"lsn:{format_lsn(lsn)}" if lsn is not None else "time"
-            response.set_cookie(
-                name,
-                sign_pin(value),
-                max_age=math.ceil(config.pin_seconds),
-                httponly=True,
-                samesite="Lax",
-                secure=request.is_secure(),
-            )
+            _set_pin(request, response, value, time.time(), config)
             if config.metrics and (counters := get_counters()) is not None:
                 counters.pins_set()
         elif state.min_lsn is not None and name in request.COOKIES:
@@ -223,15 +216,26 @@ class PrimaryPinningMiddleware:
         raw = request.COOKIES[config.cookie_name]
         if raw.rpartition(":")[0].rpartition(":")[0] == value:
             return  # the cookie says so already
-        signed_at = _signed_at(raw)
-        response.set_cookie(
-            config.cookie_name,
-            sign_pin(value, signed_at=signed_at),
-            max_age=max(1, math.ceil(signed_at + config.pin_seconds - time.time())),
-            httponly=True,
-            samesite="Lax",
-            secure=request.is_secure(),
-        )
+        _set_pin(request, response, value, _signed_at(raw), config)
+
+
+def _set_pin(
+    request: HttpRequest,
+    response: HttpResponseBase,
+    value: str,
+    signed_at: float,
+    config: RouterConfig,
+) -> None:
+    """Set the pin cookie to ``value``, signed at, and expiring PIN_SECONDS after,
+    ``signed_at`` (the time of the write)."""
+    response.set_cookie(
+        config.cookie_name,
+        sign_pin(value, signed_at=int(signed_at)),
+        max_age=max(1, math.ceil(signed_at + config.pin_seconds - time.time())),
+        httponly=True,
+        samesite="Lax",
+        secure=request.is_secure(),
+    )
 
 
 def _needs_position(request: HttpRequest, state: CausalState, config: RouterConfig) -> bool:

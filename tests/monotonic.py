@@ -220,17 +220,19 @@ def measure(pk: int, run: Callable[[], list[list[Read]]]) -> Outcome:
     )
 
 
+def _page(client: Client, pk: int, *, write: bool = False) -> list[Read]:
+    """One request of the counter page (a POST writes first): its reads."""
+    response = client.post(f"/counter/{pk}/") if write else client.get(f"/counter/{pk}/")
+    assert response.status_code == 200, response
+    return [(value, alias) for value, alias in response.json()["reads"]]
+
+
 def through_requests(pk: int, count: int) -> Callable[[], list[list[Read]]]:
     """``count`` requests of the counter page through Django's test Client."""
 
     def run() -> list[list[Read]]:
         client = Client()
-        groups = []
-        for _ in range(count):
-            response = client.get(f"/counter/{pk}/")
-            assert response.status_code == 200, response
-            groups.append([(value, alias) for value, alias in response.json()["reads"]])
-        return groups
+        return [_page(client, pk) for _ in range(count)]
 
     return run
 
@@ -241,14 +243,9 @@ def through_pinned_requests(pk: int, count: int) -> Callable[[], list[list[Read]
 
     def run() -> list[list[Read]]:
         client = Client()
-        response = client.post(f"/counter/{pk}/")
-        assert response.status_code == 200 and client.cookies.get("replica_router"), response
-        groups = [[(value, alias) for value, alias in response.json()["reads"]]]
-        for _ in range(count):
-            response = client.get(f"/counter/{pk}/")
-            assert response.status_code == 200, response
-            groups.append([(value, alias) for value, alias in response.json()["reads"]])
-        return groups
+        groups = [_page(client, pk, write=True)]
+        assert client.cookies.get("replica_router"), "the write set no pin cookie"
+        return groups + [_page(client, pk) for _ in range(count)]
 
     return run
 
