@@ -136,7 +136,7 @@ class PrimaryPinningMiddleware:
         reset = causal_state.set(state)
         try:
             response: HttpResponseBase = self.get_response(request)  # type: ignore[assignment]
-            lsn = primary_insert_lsn() if _needs_position(request, state, config) else None
+            lsn = primary_insert_lsn() if state.wrote and config.read_your_writes == "lsn" else None
         finally:
             causal_state.reset(reset)
         self._finish(request, response, state, lsn, config)
@@ -151,7 +151,7 @@ class PrimaryPinningMiddleware:
         try:
             response: HttpResponseBase = await self.get_response(request)  # type: ignore[misc]
             lsn = None
-            if _needs_position(request, state, config):
+            if state.wrote and config.read_your_writes == "lsn":
                 lsn = await sync_to_async(primary_insert_lsn)()
         finally:
             causal_state.reset(reset)
@@ -186,33 +186,27 @@ class PrimaryPinningMiddleware:
                 counters.pins_set()
         elif state.min_lsn is not None and name in request.COOKIES:
             if config.monotonic_reads:
-                self._carry_on(request, response, state, lsn, config)
+                self._carry_on(request, response, state, config)
             elif _all_replayed(state):
                 response.delete_cookie(name, samesite="Lax")
 
     @staticmethod
     def _carry_on(
-        request: HttpRequest,
-        response: HttpResponseBase,
-        state: CausalState,
-        lsn: int | None,
-        config: RouterConfig,
+        request: HttpRequest, response: HttpResponseBase, state: CausalState, config: RouterConfig
     ) -> None:
         """Monotonic reads across a pinned client's requests.
 
         Until the pin expires, the cookie names the replica this request read
-        from, so that the next request reads there too; after a request that
-        read from the primary, it carries the primary's position instead, so
-        that the next request reads from a replica at least that new.
+        from, so that the next request reads there too. A request that read
+        from the primary (no replica had the write yet) leaves the cookie as it
+        is: raising its position to the primary's would keep the client on the
+        primary for as long as anyone writes (docs/consistency.md has figures).
         """
         assert state.min_lsn is not None
         node = state.reading_from
-        if node is None:
-            return  # no read: nothing to carry on
-        if node == config.primary:
-            value = f"lsn:{format_lsn(max(state.min_lsn, lsn or 0))}"
-        else:
-            value = f"lsn:{format_lsn(state.min_lsn)}@{node}"
+        if node is None or node == config.primary:
+            return
+        value = f"lsn:{format_lsn(state.min_lsn)}@{node}"
         raw = request.COOKIES[config.cookie_name]
         if raw.rpartition(":")[0].rpartition(":")[0] == value:
             return  # the cookie says so already
@@ -235,19 +229,6 @@ def _set_pin(
         httponly=True,
         samesite="Lax",
         secure=request.is_secure(),
-    )
-
-
-def _needs_position(request: HttpRequest, state: CausalState, config: RouterConfig) -> bool:
-    """Whether the cookie will carry the primary's WAL position now: after a
-    write, or after a pinned request that read from the primary."""
-    if config.read_your_writes != "lsn":
-        return False
-    return state.wrote or (
-        config.monotonic_reads
-        and state.min_lsn is not None
-        and state.reading_from == config.primary
-        and config.cookie_name in request.COOKIES
     )
 
 

@@ -15,6 +15,7 @@ Used by ``tests/integration/test_consistency.py`` and
 from __future__ import annotations
 
 import threading
+import time
 from collections import Counter as Tally
 from collections.abc import Callable, Iterator, Sequence
 from concurrent.futures import ThreadPoolExecutor
@@ -245,6 +246,9 @@ def through_pinned_requests(pk: int, count: int) -> Callable[[], list[list[Read]
         client = Client()
         groups = [_page(client, pk, write=True)]
         assert client.cookies.get("replica_router"), "the write set no pin cookie"
+        # Once the late replica has the write too, both replicas may serve the
+        # client, so its requests could alternate between them.
+        time.sleep(DELAY_SECONDS + 0.5)
         return groups + [_page(client, pk) for _ in range(count)]
 
     return run
