@@ -23,6 +23,7 @@ import math
 import re
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, fields
+from pathlib import PurePath
 from types import MappingProxyType
 from typing import Any, Final, Literal, NamedTuple
 
@@ -56,6 +57,9 @@ DEFAULTS: Final[Mapping[str, object]] = MappingProxyType(
         "CHECK_INTERVAL": 1.0,
         "CHECK_TIMEOUT": 0.5,
         "RECOVERY_CHECKS": 2,
+        "HEALTH_SHARING": "process",
+        "HEALTH_CACHE": "default",
+        "HEALTH_DIR": None,
         "FALLBACK": "primary",
         "READ_YOUR_WRITES": "lsn",
         "MONOTONIC_READS": True,
@@ -69,6 +73,7 @@ CHOICES: Final[Mapping[str, tuple[str, ...]]] = MappingProxyType(
     {
         "FALLBACK": ("primary", "least_lagged", "error"),
         "READ_YOUR_WRITES": ("lsn", "time", "off"),
+        "HEALTH_SHARING": ("process", "host", "cache"),
     }
 )
 
@@ -88,6 +93,7 @@ WATCHED_SETTINGS: Final = frozenset({SETTING_NAME, "DATABASES"})
 
 Fallback = Literal["primary", "least_lagged", "error"]
 ReadYourWrites = Literal["lsn", "time", "off"]
+HealthSharing = Literal["process", "host", "cache"]
 
 
 @dataclass(frozen=True, slots=True)
@@ -105,6 +111,11 @@ class RouterConfig:
     check_interval: float
     check_timeout: float
     recovery_checks: int
+    #: Who probes: each process ("process"), one per host ("host"), one per
+    #: cluster through a Django cache ("cache").
+    health_sharing: HealthSharing
+    health_cache: str
+    health_dir: str | None
     fallback: Fallback
     read_your_writes: ReadYourWrites
     #: A request's (or causal block's) reads come from one node, never going back.
@@ -204,6 +215,20 @@ def _parse_choice(name: str, value: object) -> str:
 _COOKIE_NAME = re.compile(r"[!#$%&'*+\-.^_`|~0-9A-Za-z]+")  # RFC 6265 token
 
 
+def _parse_cache_alias(name: str, value: object) -> str:
+    if not isinstance(value, str) or not value:
+        raise _bad_value(name, value, "a cache alias (a non-empty str)")
+    return value
+
+
+def _parse_directory(name: str, value: object) -> str | None:
+    if value is None:
+        return None
+    if not isinstance(value, str | PurePath) or not str(value):
+        raise _bad_value(name, value, "a directory path (a str), or None")
+    return str(value)
+
+
 def _parse_cookie_name(name: str, value: object) -> str:
     if not isinstance(value, str) or not _COOKIE_NAME.fullmatch(value):
         raise _bad_value(name, value, "a cookie name (letters, digits and !#$%&'*+-.^_`|~)")
@@ -259,6 +284,8 @@ def _parse_metrics(name: str, value: object) -> bool:
 _PARSERS: Final[Mapping[str, Callable[[str, object], object]]] = MappingProxyType(
     {
         "PRIMARY": _parse_alias,
+        "HEALTH_CACHE": _parse_cache_alias,
+        "HEALTH_DIR": _parse_directory,
         "PRIMARY_ONLY": _parse_primary_only,
         "COOKIE_NAME": _parse_cookie_name,
         "METRICS": _parse_metrics,

@@ -18,14 +18,17 @@ import os
 import threading
 from typing import TYPE_CHECKING, Any, Final
 
+from django.conf import settings
 from django.core.signals import setting_changed
 from django.db import connections
 from django.db.models.signals import post_migrate, pre_migrate
 
 from replica_router.balancer import Balancer
 from replica_router.conf import WATCHED_SETTINGS, RouterConfig, get_config
+from replica_router.health.fleet import SharedMonitor
 from replica_router.health.monitor import Monitor
 from replica_router.health.policy import probe_gap
+from replica_router.health.sharing import cluster_key, store_for
 from replica_router.writes import hook_write_detector
 
 if TYPE_CHECKING:
@@ -81,9 +84,7 @@ class Routing:
         # with the weights of the replicas it finds fit to serve reads.
         self.balancer = Balancer(weights=config.replicas)
         self.monitor = (
-            Monitor(config=config, balancer=self.balancer)
-            if config.health_checks and self.replicas
-            else None
+            _monitor_for(config, self.balancer) if config.health_checks and self.replicas else None
         )
         # The first read that would go to a replica starts the monitor, never
         # an import or migrate; until then this is True.
@@ -142,6 +143,23 @@ class Routing:
         self.monitor.start(wait=True)
         self.awaiting_monitor = False
         return True
+
+
+def _monitor_for(config: RouterConfig, balancer: Balancer) -> Monitor:
+    """A monitor of this process's own, or one that shares the probing with the
+    other processes of the site (HEALTH_SHARING)."""
+    store = store_for(
+        config.health_sharing,
+        key=cluster_key(
+            settings.DATABASES[config.primary],
+            {alias: settings.DATABASES[alias] for alias in config.replicas},
+        ),
+        cache=config.health_cache,
+        directory=config.health_dir,
+    )
+    if store is None:
+        return Monitor(config=config, balancer=balancer)
+    return SharedMonitor(config=config, balancer=balancer, store=store, mode=config.health_sharing)
 
 
 #: The routing of the current settings; None until first use and after a change.

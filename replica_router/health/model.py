@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import enum
 import math
+import time
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from datetime import datetime
@@ -15,7 +16,7 @@ from typing import Any, NamedTuple
 
 from replica_router.lsn import format_lsn
 
-__all__ = ["OVERALL_CODES", "Freshness", "NodeStatus", "Probe", "Snapshot", "State"]
+__all__ = ["OVERALL_CODES", "Freshness", "NodeStatus", "Probe", "Sharing", "Snapshot", "State"]
 
 
 class State(enum.StrEnum):
@@ -121,6 +122,43 @@ def _round(value: float | None, digits: int) -> float | None:
     return None if value is None else round(value, digits)
 
 
+@dataclass(frozen=True, slots=True)
+class Sharing:
+    """Who probes for this process under ``HEALTH_SHARING`` ``"host"`` or ``"cache"``."""
+
+    mode: str
+    #: This process holds the lease (or probes for itself: see ``fallback``).
+    probing_here: bool
+    #: The store cannot be reached, so this process probes for itself.
+    fallback: bool
+    prober_host: str | None
+    prober_pid: int | None
+    #: Wall-clock times: when the prober took the lease, and published last.
+    lease_since: float | None
+    published_at: float | None
+
+    def as_dict(self, *, topology: bool) -> dict[str, Any]:
+        now = time.time()
+        data: dict[str, Any] = {
+            "mode": self.mode,
+            "probing_here": self.probing_here,
+            "fallback": self.fallback,
+            "lease_age_seconds": _age(self.lease_since, now),
+            "snapshot_age_seconds": _age(self.published_at, now),
+        }
+        if topology:
+            data["prober"] = (
+                None
+                if self.prober_pid is None
+                else {"host": self.prober_host, "pid": self.prober_pid}
+            )
+        return data
+
+
+def _age(since: float | None, now: float) -> float | None:
+    return None if since is None else round(max(0.0, now - since), 3)
+
+
 #: Overall status -> exit status of ``replica_health --check`` (and HTTP 200/503).
 OVERALL_CODES: Mapping[str, int] = {"ok": 0, "degraded": 1, "unavailable": 2}
 
@@ -131,6 +169,8 @@ class Snapshot:
 
     nodes: tuple[NodeStatus, ...]
     taken_at: datetime
+    #: Who probes, when processes share the work; None with HEALTH_SHARING "process".
+    sharing: Sharing | None = None
 
     @property
     def primary(self) -> NodeStatus:
@@ -179,8 +219,11 @@ class Snapshot:
         return best.alias
 
     def as_dict(self, *, topology: bool) -> dict[str, Any]:
-        return {
+        data: dict[str, Any] = {
             "status": self.overall,
             "taken_at": self.taken_at.isoformat(),
             "nodes": [node.as_dict(topology=topology) for node in self.nodes],
         }
+        if self.sharing is not None:
+            data["sharing"] = self.sharing.as_dict(topology=topology)
+        return data

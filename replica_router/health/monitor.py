@@ -25,11 +25,12 @@ from __future__ import annotations
 
 import logging
 import os
+import random
 import threading
 import time
 from collections.abc import Callable, Mapping
 from dataclasses import replace
-from typing import Any
+from typing import Any, Final
 
 from replica_router.balancer import Balancer
 from replica_router.conf import RouterConfig
@@ -47,9 +48,18 @@ from replica_router.health.policy import (
 from replica_router.health.probe import ParallelProber, ProcessExiting, first_line
 from replica_router.signals import replica_state_changed
 
-__all__ = ["Monitor"]
+__all__ = ["Monitor", "jittered"]
 
 logger = logging.getLogger("replica_router")
+
+#: Each wait is this much shorter or longer at random, so that processes
+#: started at once (a fleet of workers) do not probe in lockstep.
+JITTER: Final = 0.1
+
+
+def jittered(seconds: float) -> float:
+    """``seconds`` give or take :data:`JITTER` of it, at random."""
+    return seconds * random.uniform(1 - JITTER, 1 + JITTER)
 
 
 class Monitor:
@@ -124,11 +134,11 @@ class Monitor:
         self._prober.close()
 
     def _loop(self) -> None:
-        interval = self.config.check_interval
         while not self._stop.is_set():
             started = time.monotonic()
+            wait = self.config.check_interval
             try:
-                self.run_cycle()
+                wait = self._turn()
             except ProcessExiting:
                 self._stop.set()
                 return
@@ -136,7 +146,12 @@ class Monitor:
                 logger.exception("replica health cycle failed")
             finally:
                 self._first_cycle.set()
-            self._stop.wait(max(0.0, interval - (time.monotonic() - started)))
+            self._stop.wait(max(0.0, jittered(wait) - (time.monotonic() - started)))
+
+    def _turn(self) -> float:
+        """Do this turn's work; return how long after its start the next one comes."""
+        self.run_cycle()
+        return self.config.check_interval
 
     # -- one cycle -------------------------------------------------------------
 
