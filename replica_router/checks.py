@@ -26,6 +26,7 @@ __all__ = [
     "ALL_CHECKS",
     "TAG",
     "check_databases",
+    "check_health_sharing",
     "check_lag_promise",
     "check_primary_only",
     "check_router_installed",
@@ -120,6 +121,49 @@ def check_lag_promise(
             id="replica_router.W004",
         )
     ]
+
+
+#: Caches each process keeps to itself: no use for sharing health.
+_PRIVATE_CACHES: Final = frozenset(
+    {
+        "django.core.cache.backends.locmem.LocMemCache",
+        "django.core.cache.backends.dummy.DummyCache",
+    }
+)
+
+
+@_never_raise
+def check_health_sharing(
+    app_configs: Iterable[Any] | None = None, **kwargs: Any
+) -> list[CheckMessage]:
+    """E011, W006: HEALTH_SHARING "cache" names a cache the processes share."""
+    config = _config()
+    if config.health_sharing != "cache" or not config.health_checks:
+        return []
+    caches = getattr(settings, "CACHES", {})
+    key = f"{SETTING_NAME}['HEALTH_CACHE']"
+    if config.health_cache not in caches:
+        return [
+            Error(
+                f"{key} is {config.health_cache!r}, which is not in settings.CACHES.",
+                hint=f"Add it to CACHES (Redis, say), or set {key} to one of: "
+                f"{', '.join(map(repr, caches)) or 'nothing yet: CACHES is empty'}.",
+                id="replica_router.E011",
+            )
+        ]
+    backend = caches[config.health_cache].get("BACKEND", "")
+    if backend in _PRIVATE_CACHES:
+        return [
+            Warning(
+                f"{key} is {config.health_cache!r}, a {backend.rsplit('.', 1)[-1]}: each "
+                "process has its own, so every process probes on its own.",
+                hint="Use a cache the processes share, such as "
+                "django.core.cache.backends.redis.RedisCache; or HEALTH_SHARING 'host' "
+                "for the processes of one host.",
+                id="replica_router.W006",
+            )
+        ]
+    return []
 
 
 @_never_raise
@@ -305,6 +349,7 @@ def check_primary_only(
 
 ALL_CHECKS: Final[tuple[_Check, ...]] = (
     check_settings,
+    check_health_sharing,
     check_lag_promise,
     check_databases,
     check_router_installed,
