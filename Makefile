@@ -86,6 +86,7 @@ bench: needs-postgresql+wrk+redis install
 		$(BIN)/python bench/bench_read_your_writes.py | tee docs/bench/read_your_writes.txt && \
 		$(BIN)/python bench/bench_monotonic.py | tee docs/bench/monotonic.txt && \
 		$(BIN)/python bench/bench_celery.py | tee docs/bench/celery.txt && \
+		$(BIN)/python bench/bench_fleet.py | tee docs/bench/fleet.txt && \
 		$(BIN)/python bench/bench_http.py'
 	$(CLUSTER) run --dir $(CLUSTER_DIR) --replicas $(REPLICAS) -- env PYTEST_ADDOPTS="-s -k chaos" \
 		$(BIN)/pytest tests/integration/test_chaos.py | grep '^chaos' | tee docs/bench/chaos.txt

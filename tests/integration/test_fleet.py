@@ -1,0 +1,192 @@
+"""One prober per cluster, measured on real gunicorn workers (issue 15).
+
+The failure guarded against: every worker of every host runs its own health
+monitor, and each keeps one probe connection per node, so a site of 8 hosts
+with 8 workers holds 64 monitor connections on each replica and probes it 64
+times a second. With ``HEALTH_SHARING = "host"`` (files on one host) or
+``"cache"`` (Redis, across hosts) only the holder of a lease probes.
+
+Everything is real: gunicorn masters with sync workers serving
+``tests/fleet_site`` (tests/fleet.py), the cluster's PostgreSQL servers, a
+redis-server. The counts are ``pg_stat_activity`` rows on each node whose
+``application_name`` is the monitor's; the times are each worker's own record
+of its transitions, on this host's clock. The figures are printed (``-s``).
+"""
+
+from __future__ import annotations
+
+import pytest
+from django.db import connections
+
+from replica_router import runtime
+from replica_router.testing.cluster import Cluster
+from tests.fleet import (
+    RestartableRedis,
+    Writer,
+    all_states,
+    cache_prefix,
+    fleets,
+    measure_out_of_rotation,
+    measure_store_outage,
+    measure_takeover,
+    per_node,
+    seed,
+    settle_connections,
+)
+
+ALL = ["default", "replica_1", "replica_2"]
+db = pytest.mark.django_db(databases=ALL, transaction=True)
+
+INTERVAL = 1.0
+TIMING = {"CHECK_INTERVAL": INTERVAL, "CHECK_TIMEOUT": 0.5}
+WORKERS = 8
+#: Two "hosts" of four workers each, for the cache mode.
+TWO_HOSTS = (("host-a", WORKERS // 2), ("host-b", WORKERS // 2))
+ONE_HOST = (("host-a", WORKERS),)
+
+
+@pytest.fixture
+def dbname(replica_cluster: Cluster) -> str:
+    """The test database, with one row to read; the workers use it too."""
+    # This process must run no monitor of its own: its connections would count.
+    if runtime.current is not None and runtime.current.monitor is not None:
+        runtime.current.monitor.stop()
+    name = connections["default"].settings_dict["NAME"]
+    seed(replica_cluster, name)
+    return name
+
+
+def sharing(mode: str, redis_url: str) -> tuple[tuple[tuple[str, int], ...], dict[str, object]]:
+    """The fleets and settings of a mode: one host of 8 workers, or (cache)
+    two hosts of 4 on one Redis, with a key prefix of their own."""
+    if mode == "cache":
+        return TWO_HOSTS, {
+            "HEALTH_SHARING": "cache",
+            "REDIS_URL": redis_url,
+            "CACHE_PREFIX": cache_prefix(),
+            **TIMING,
+        }
+    return ONE_HOST, {"HEALTH_SHARING": mode, **TIMING}
+
+
+@db
+@pytest.mark.parametrize(("mode", "expected"), [("process", WORKERS), ("host", 1)])
+def test_monitor_connections_per_node_on_one_host(
+    replica_cluster: Cluster, dbname: str, redis_server: str, mode: str, expected: int
+):
+    """8 workers on one host: 8 monitor connections per node each probing for
+    itself ("process", which shows the count does see every worker), 1 with
+    "host"."""
+    groups, settings = sharing(mode, redis_server)
+    with fleets(*groups, database=dbname, **settings) as started:
+        settled = settle_connections(replica_cluster, dbname, expected, interval=INTERVAL)
+        probing = sum(s["probing_here"] for s in all_states(started).values())
+    print(f"\nfleet {mode}: {WORKERS} workers, monitor connections {per_node(settled.samples)}")
+    assert per_node(settled.samples) == {node: {expected} for node in replica_cluster.nodes}
+    assert probing == expected
+
+
+@db
+def test_two_hosts_on_one_redis_hold_one_monitor_connection_per_node(
+    replica_cluster: Cluster, dbname: str, redis_server: str
+):
+    groups, settings = sharing("cache", redis_server)
+    with fleets(*groups, database=dbname, **settings) as started:
+        settled = settle_connections(replica_cluster, dbname, 1, interval=INTERVAL)
+        states = all_states(started)
+    print(f"\nfleet cache, 2 hosts x 4 workers: monitor connections {per_node(settled.samples)}")
+    assert per_node(settled.samples) == {node: {1} for node in replica_cluster.nodes}
+    assert sum(s["probing_here"] for s in states.values()) == 1
+    # Every worker of both hosts routes by the one prober's snapshot.
+    assert len({(s["prober"]["host"], s["prober"]["pid"]) for s in states.values()}) == 1
+    assert all(s["rotation"] == ["replica_1", "replica_2"] for s in states.values())
+
+
+@db
+@pytest.mark.parametrize("mode", ["host", "cache"])
+def test_a_killed_replica_leaves_rotation_in_every_worker_within_two_intervals(
+    replica_cluster: Cluster, dbname: str, redis_server: str, killed, mode: str
+):
+    groups, settings = sharing(mode, redis_server)
+    with fleets(*groups, database=dbname, **settings) as started:
+        settle_connections(replica_cluster, dbname, 1, interval=INTERVAL, samples=1)
+        out = measure_out_of_rotation(started, "replica_1", lambda: killed("replica_1"))
+    print(
+        f"\nfleet {mode}: killed replica_1 out of rotation in all {len(out.seconds)} workers "
+        f"after {out.last:.2f} s (median {out.median:.2f} s), interval {INTERVAL:g} s"
+    )
+    assert len(out.seconds) == WORKERS
+    assert out.last <= 2 * INTERVAL
+
+
+@db
+def test_a_paused_replica_leaves_rotation_in_every_worker(
+    replica_cluster: Cluster, dbname: str, redis_server: str, pause_replica
+):
+    """Replay paused while the primary commits ten times a second: the lag
+    grows until, with the probe gap, it would pass MAX_LAG_SECONDS before the
+    next probe; the time is measured and printed, as the single-process rule
+    (tests/integration/test_health.py) applies unchanged."""
+    max_lag = 2.0
+    groups, settings = sharing("host", redis_server)
+    with (
+        Writer(replica_cluster, dbname),
+        fleets(*groups, database=dbname, MAX_LAG_SECONDS=max_lag, **settings) as started,
+    ):
+        settle_connections(replica_cluster, dbname, 1, interval=INTERVAL, samples=1)
+        out = measure_out_of_rotation(started, "replica_1", lambda: pause_replica("replica_1"))
+    gap = TIMING["CHECK_INTERVAL"] + TIMING["CHECK_TIMEOUT"]
+    print(
+        f"\nfleet host: paused replica_1 out of rotation in all {len(out.seconds)} workers "
+        f"after {out.last:.2f} s (median {out.median:.2f} s); it leaves once its lag plus "
+        f"the probe gap {gap:g} s passes MAX_LAG_SECONDS {max_lag:g}, from "
+        f"{max_lag - gap:g} s of lag"
+    )
+    assert len(out.seconds) == WORKERS
+
+
+@db
+@pytest.mark.parametrize("mode", ["host", "cache"])
+def test_another_worker_takes_over_within_two_intervals_when_the_prober_is_killed(
+    replica_cluster: Cluster, dbname: str, redis_server: str, mode: str
+):
+    groups, settings = sharing(mode, redis_server)
+    with fleets(*groups, database=dbname, **settings) as started:
+        settle_connections(replica_cluster, dbname, 1, interval=INTERVAL, samples=1)
+        takeover = measure_takeover(started, interval=INTERVAL)
+        # The new prober alone probes, on a connection of its own per node.
+        after = settle_connections(replica_cluster, dbname, 1, interval=INTERVAL)
+    print(
+        f"\nfleet {mode}: prober {takeover.killed} SIGKILLed, {takeover.new_prober} took over "
+        f"after {takeover.seconds:.2f} s (seen after {takeover.observed_seconds:.2f} s); "
+        f"{len(takeover.failures)} of {takeover.reads} reads failed"
+    )
+    assert takeover.new_prober != takeover.killed
+    assert takeover.seconds <= 2 * INTERVAL
+    assert takeover.failures == []
+    assert takeover.reads > 0
+    assert per_node(after.samples) == {node: {1} for node in replica_cluster.nodes}
+
+
+@db
+def test_with_redis_down_every_worker_probes_for_itself_and_no_read_fails(
+    replica_cluster: Cluster, dbname: str
+):
+    with RestartableRedis() as redis:
+        groups, settings = sharing("cache", redis.url())
+        with fleets(*groups, database=dbname, **settings) as started:
+            settle_connections(replica_cluster, dbname, 1, interval=INTERVAL, samples=1)
+            outage = measure_store_outage(
+                started, redis, replica_cluster, dbname, interval=INTERVAL
+            )
+    print(
+        f"\nfleet cache, Redis stopped: {per_node(outage.down)} monitor connections per node "
+        f"after {outage.fallback_seconds:.2f} s ({outage.workers_in_fallback} workers in "
+        f"fallback); Redis back: {per_node(outage.after)} after {outage.recovery_seconds:.2f} s; "
+        f"{len(outage.failures)} of {outage.reads} reads failed"
+    )
+    assert per_node(outage.down) == {node: {WORKERS} for node in replica_cluster.nodes}
+    assert outage.workers_in_fallback == WORKERS
+    assert per_node(outage.after) == {node: {1} for node in replica_cluster.nodes}
+    assert outage.failures == []
+    assert outage.reads > 0
