@@ -66,6 +66,10 @@ def counts(samples: list[dict[str, int | None]], nodes: list[str]) -> str:
     )
 
 
+def compact(samples: list[dict[str, int | None]], nodes: list[str]) -> str:
+    return ", ".join(f"{n} {c}" for n, c in zip(nodes, counts(samples, nodes).split(), strict=True))
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--workers", type=int, default=8)
@@ -163,7 +167,7 @@ def main() -> None:
                 f"   {mode:5} takeover after {t.seconds:.2f} s "
                 f"({t.seconds / args.interval:.2f} intervals; seen after "
                 f"{t.observed_seconds:.2f} s), failed reads {len(t.failures)}/{t.reads}, "
-                f"connections after: {counts(after.samples, nodes).split()}"
+                f"connections after: {compact(after.samples, nodes)}"
             )
 
         # 5: Redis down.
@@ -174,10 +178,10 @@ def main() -> None:
             settle_connections(cluster, DB, 1, interval=args.interval, samples=1)
             o = measure_store_outage(started, redis, cluster, DB, interval=args.interval)
         say(
-            f"   down:  {counts(o.down, nodes).split()} per node after {o.fallback_seconds:.2f} s,"
+            f"   down:  {compact(o.down, nodes)} after {o.fallback_seconds:.2f} s,"
             f" {o.workers_in_fallback} workers in fallback"
         )
-        say(f"   back:  {counts(o.after, nodes).split()} per node after {o.recovery_seconds:.2f} s")
+        say(f"   back:  {compact(o.after, nodes)} after {o.recovery_seconds:.2f} s")
         say(f"   failed reads {len(o.failures)}/{o.reads}")
 
     print(

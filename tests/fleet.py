@@ -92,7 +92,13 @@ class Fleet:
             **{f"REPLICA_ROUTER_{key}": str(value) for key, value in settings.items()},
         }
         self.process: subprocess.Popen[bytes] | None = None
-        self.log = Path(tempfile.mkstemp(prefix=f"rr-{name}-", suffix=".log")[1])
+        # gunicorn's and the workers' output (the router logs at INFO there);
+        # kept in $REPLICA_ROUTER_FLEET_LOGS if set, removed at stop otherwise.
+        self.keep_log = bool(os.environ.get("REPLICA_ROUTER_FLEET_LOGS"))
+        directory = os.environ.get("REPLICA_ROUTER_FLEET_LOGS") or None
+        if directory:
+            os.makedirs(directory, exist_ok=True)
+        self.log = Path(tempfile.mkstemp(prefix=f"{name}-", suffix=".log", dir=directory)[1])
 
     def __enter__(self) -> Fleet:
         self.start()
@@ -157,6 +163,8 @@ class Fleet:
         # Workers the master did not reap (it was SIGKILLed, say) are in its group.
         with contextlib.suppress(ProcessLookupError):
             os.killpg(process.pid, signal.SIGKILL)
+        if not self.keep_log:
+            self.log.unlink(missing_ok=True)
 
     def pids(self) -> set[int]:
         """The live workers' pids (the master's children)."""
