@@ -28,7 +28,7 @@ from replica_router.conf import WATCHED_SETTINGS, RouterConfig, get_config
 from replica_router.health.fleet import SharedMonitor
 from replica_router.health.monitor import Monitor
 from replica_router.health.policy import probe_gap
-from replica_router.health.sharing import cluster_key, store_for
+from replica_router.health.sharing import Store, cluster_key, store_for
 from replica_router.writes import hook_write_detector
 
 if TYPE_CHECKING:
@@ -46,6 +46,7 @@ __all__ = [
     "get_balancer",
     "get_counters",
     "get_monitor",
+    "health_store",
     "load",
     "register_metrics",
     "reset",
@@ -145,10 +146,9 @@ class Routing:
         return True
 
 
-def _monitor_for(config: RouterConfig, balancer: Balancer) -> Monitor:
-    """A monitor of this process's own, or one that shares the probing with the
-    other processes of the site (HEALTH_SHARING)."""
-    store = store_for(
+def health_store(config: RouterConfig) -> Store | None:
+    """Where the processes of the site share the probing (HEALTH_SHARING), or None."""
+    return store_for(
         config.health_sharing,
         key=cluster_key(
             settings.DATABASES[config.primary],
@@ -157,6 +157,12 @@ def _monitor_for(config: RouterConfig, balancer: Balancer) -> Monitor:
         cache=config.health_cache,
         directory=config.health_dir,
     )
+
+
+def _monitor_for(config: RouterConfig, balancer: Balancer) -> Monitor:
+    """A monitor of this process's own, or one that shares the probing with the
+    other processes of the site."""
+    store = health_store(config)
     if store is None:
         return Monitor(config=config, balancer=balancer)
     return SharedMonitor(config=config, balancer=balancer, store=store, mode=config.health_sharing)

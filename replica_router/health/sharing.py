@@ -90,6 +90,9 @@ class Store(Protocol):
         holds it. Returns whether ``me`` holds it now, and the lease record
         (``holder``, ``since``, ``expires``: wall-clock times) as it stands."""
 
+    def lease(self) -> dict[str, Any] | None:
+        """The lease record as it stands, without claiming it."""
+
     def publish(self, document: Mapping[str, Any]) -> None:
         """Publish the prober's snapshot document."""
 
@@ -168,6 +171,10 @@ class FileStore:
             record = self._load("lease")  # another claimant may have written last
         return _holds(record, me), record
 
+    def lease(self) -> dict[str, Any] | None:
+        record = self._load("lease")
+        return None if _expired(record) else record
+
     def publish(self, document: Mapping[str, Any]) -> None:
         self._save("snapshot", document)
 
@@ -210,6 +217,10 @@ class CacheStore:
             cache.set(key, record, timeout=timeout)
             return True, record
         return False, record
+
+    def lease(self) -> dict[str, Any] | None:
+        record = self._cache.get(self.prefix + "lease")
+        return record if isinstance(record, dict) else None
 
     def publish(self, document: Mapping[str, Any]) -> None:
         self._cache.set(self.prefix + "snapshot", dict(document), timeout=300)

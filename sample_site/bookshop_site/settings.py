@@ -67,8 +67,20 @@ REPLICA_ROUTER.update(
         "MAX_LAG_SECONDS": 5.0,
         "RECOVERY_CHECKS": 2,
         "FALLBACK": "primary",
+        # The gunicorn workers take turns probing: one monitor connection per
+        # node for the host, however many workers. With REDIS_URL set, the
+        # workers of every host share one prober through the cache.
+        "HEALTH_SHARING": "cache" if env.str("REDIS_URL", default="") else "host",
     }
 )
+if env.str("REDIS_URL", default=""):
+    CACHES = {
+        "default": {
+            "BACKEND": "django.core.cache.backends.redis.RedisCache",
+            "LOCATION": env.str("REDIS_URL"),
+            "OPTIONS": {"socket_timeout": 0.5, "socket_connect_timeout": 0.5},
+        }
+    }
 
 # -- Django ----------------------------------------------------------------------
 

@@ -8,6 +8,7 @@ to account against replicas that really lag.
 from __future__ import annotations
 
 import asyncio
+import contextvars
 import math
 import threading
 import time
@@ -310,9 +311,13 @@ def test_a_context_reading_out_of_rotation_returns_to_the_primary_after_the_budg
 def test_a_context_that_did_not_write_hands_on_the_token_it_reads_at():
     from replica_router import current_token
 
-    assert current_token() is None
-    with causal("0/3000148"):
-        # A job enqueued from here must see the write its own enqueuer made.
-        assert current_token() == "0/3000148"
-    with causal():
+    def fresh_context():
         assert current_token() is None
+        with causal("0/3000148"):
+            # A job enqueued from here must see the write its own enqueuer made.
+            assert current_token() == "0/3000148"
+        with causal():
+            assert current_token() is None
+
+    # An empty context: earlier tests' writes outside any block stay in theirs.
+    contextvars.Context().run(fresh_context)

@@ -18,11 +18,13 @@ from typing import Any
 
 from django.core.management.base import BaseCommand, CommandError, CommandParser
 
-from replica_router.conf import get_config
+from replica_router.conf import RouterConfig, get_config
 from replica_router.exceptions import ReplicaRouterConfigError
-from replica_router.health.model import NodeStatus, Snapshot, State
+from replica_router.health.model import NodeStatus, Sharing, Snapshot, State
 from replica_router.health.monitor import Monitor
+from replica_router.health.sharing import Guarded, StoreUnavailable
 from replica_router.report import health_document, pool_stats
+from replica_router.runtime import health_store
 
 #: The table's columns, in order.
 COLUMNS: Sequence[str] = (
@@ -108,7 +110,7 @@ class Command(BaseCommand):
         exit_code = 0
         try:
             while True:
-                snapshot = monitor.run_cycle()
+                snapshot = replace(monitor.run_cycle(), sharing=self._fleet(config))
                 exit_code = snapshot.exit_code
                 if not quiet:
                     self._show(snapshot, as_json=as_json, watch=watch)
@@ -191,6 +193,48 @@ class Command(BaseCommand):
             return self.style.ERROR
         return self.style.WARNING
 
+    @staticmethod
+    def _fleet(config: RouterConfig) -> Sharing | None:
+        """Who probes for the site's processes (HEALTH_SHARING), read from the store."""
+        store = health_store(config)
+        if store is None:
+            return None
+        guarded = Guarded(store, deadline=config.check_timeout)
+        try:
+            lease = guarded.call(store.lease)
+            document = guarded.call(store.read)
+        except StoreUnavailable:
+            lease = document = None
+            unreachable = True
+        else:
+            unreachable = False
+        finally:
+            guarded.close()
+        holder = (lease or {}).get("holder") or {}
+        return Sharing(
+            mode=config.health_sharing,
+            probing_here=False,
+            fallback=unreachable,
+            prober_host=holder.get("host"),
+            prober_pid=holder.get("pid"),
+            lease_since=(lease or {}).get("since"),
+            published_at=(document or {}).get("published_at"),
+        )
+
+    @staticmethod
+    def _prober_line(sharing: Sharing) -> str:
+        if sharing.fallback:
+            return f"prober: the {sharing.mode} health store cannot be reached"
+        if sharing.prober_pid is None:
+            return f"prober: no process holds the {sharing.mode} lease"
+        shown = sharing.as_dict(topology=False)
+        snapshot_age = shown["snapshot_age_seconds"]
+        return (
+            f"prober: pid {sharing.prober_pid} on {sharing.prober_host} "
+            f"({sharing.mode} mode), lease held {shown['lease_age_seconds']:.1f} s, "
+            f"snapshot {'-' if snapshot_age is None else f'{snapshot_age:.1f}'} s old"
+        )
+
     def _summary(self, snapshot: Snapshot) -> str:
         overall = snapshot.overall
         serving = sum(1 for node in snapshot.replicas if node.in_rotation)
@@ -199,6 +243,8 @@ class Command(BaseCommand):
         if snapshot.primary.state is State.DOWN:
             detail = f"the primary is unreachable; {detail}"
         text = f"{overall}: {detail} (exit status {snapshot.exit_code})"
+        if snapshot.sharing is not None:
+            text = f"{self._prober_line(snapshot.sharing)}\n{text}"
         if overall == "ok":
             return self.style.SUCCESS(text)
         if overall == "degraded":
