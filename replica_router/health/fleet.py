@@ -93,9 +93,7 @@ class SharedMonitor(Monitor):
     def _turn(self) -> float:
         me = self._holder = Holder.me()  # after a fork, the pid is new
         try:
-            mine, self._lease = self._guarded.call(
-                self._store.claim, me, self.lease_seconds
-            )
+            mine, self._lease = self._guarded.call(self._store.claim, me, self.lease_seconds)
             self._send_reports()
         except StoreUnavailable as exc:
             return self._probe_alone(exc)
@@ -105,7 +103,10 @@ class SharedMonitor(Monitor):
         if mine:
             self._hold()
         else:
-            self._read()
+            try:
+                self._read()
+            except StoreUnavailable as exc:
+                return self._probe_alone(exc)
         return self.turn_seconds
 
     def _probe_alone(self, exc: StoreUnavailable) -> float:
@@ -117,6 +118,8 @@ class SharedMonitor(Monitor):
                 self.mode,
                 exc,
             )
+        if not self._probing:
+            self._take_over()
         self._probing = True
         self._cycle_when_due()
         return self.turn_seconds
@@ -202,8 +205,7 @@ class SharedMonitor(Monitor):
             if at > published_at and alias in self.config.replicas
         }
         nodes = tuple(
-            _reported(_node_from_json(row), reported.get(row["alias"]))
-            for row in document["nodes"]
+            _reported(_node_from_json(row), reported.get(row["alias"])) for row in document["nodes"]
         )
         now_wall, now = time.time(), time.monotonic()
         freshness = {

@@ -45,6 +45,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Final, Protocol, TypeVar
 
+from replica_router.health.probe import ProcessExiting
+
 __all__ = [
     "CacheStore",
     "FileStore",
@@ -212,11 +214,13 @@ class CacheStore:
         if cache.add(key, _lease_record(me, ttl, None), timeout=timeout):
             return True, cache.get(key)
         record = cache.get(key)
-        if _holds(record, me):
-            record = _lease_record(me, ttl, record.get("since"))
-            cache.set(key, record, timeout=timeout)
-            return True, record
-        return False, record
+        # The cache keeps records for whole seconds; the record's own expiry
+        # is what counts, so a shorter lease than a second is honoured.
+        if _holds(record, me) or _expired(record):
+            since = record.get("since") if _holds(record, me) and record else None
+            cache.set(key, _lease_record(me, ttl, since), timeout=timeout)
+            record = cache.get(key)  # another claimant may have written last
+        return _holds(record, me), record
 
     def lease(self) -> dict[str, Any] | None:
         record = self._cache.get(self.prefix + "lease")
@@ -276,7 +280,11 @@ class Guarded:
             self._executor = ThreadPoolExecutor(
                 max_workers=1, thread_name_prefix="replica-router-store"
             )
-        future = self._executor.submit(method, *args)
+        try:
+            future = self._executor.submit(method, *args)
+        except RuntimeError:
+            # The interpreter is exiting (a worker told to stop): no more turns.
+            raise ProcessExiting from None
         self._pending = future
         try:
             return future.result(self.deadline)
