@@ -331,7 +331,14 @@ class Tour:
             "The primary served them until the replicas had replayed the write, then the "
             "replicas did;"
         )
-        say("the site dropped the cookie once every replica in rotation had the write.")
+        say(
+            "on a replica, the cookie names the replica it read from, so this visitor's next "
+            "pages read"
+        )
+        say(
+            "there (monotonic reads); it expires PIN_SECONDS after the write, and the browser "
+            "drops it."
+        )
 
     # 3 ---------------------------------------------------------------------------
     def paused_replica(self) -> None:
