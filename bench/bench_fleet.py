@@ -41,8 +41,8 @@ django.setup()
 from django.core.management import call_command  # noqa: E402
 
 from replica_router.testing.cluster import Cluster  # noqa: E402
+from replica_router.testing.redis_server import RedisServer  # noqa: E402
 from tests.fleet import (  # noqa: E402
-    RestartableRedis,
     Writer,
     all_states,
     cache_prefix,
@@ -92,7 +92,7 @@ def main() -> None:
         lines.append(line)
         print(line, file=sys.stderr, flush=True)  # progress; stdout gets the table at the end
 
-    with RestartableRedis() as redis:
+    with RedisServer() as redis:
 
         def setup(mode: str) -> tuple[tuple[tuple[str, int], ...], dict[str, object]]:
             if mode == "cache":

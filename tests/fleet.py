@@ -46,7 +46,7 @@ import psycopg
 
 from replica_router.health.probe import APPLICATION_NAME
 from replica_router.testing.cluster import PRIMARY, Cluster
-from replica_router.testing.redis_server import HOST, find_redis_server, ping
+from replica_router.testing.redis_server import HOST, RedisServer
 
 ROOT = Path(__file__).resolve().parent.parent
 CONFIG = ROOT / "tests" / "fleet_site" / "gunicorn.conf.py"
@@ -405,10 +405,17 @@ def measure_out_of_rotation(
     states = all_states(fleets)
     assert all(alias in s["rotation"] for s in states.values()), "not in rotation before"
     started = time.time()
+
+    def out(state: dict[str, Any]) -> bool:
+        # The monitor swaps the rotation a moment before it signals the
+        # change, so a worker can be caught in between: wait for both.
+        recorded = any(
+            a == alias and new in OUT and at >= started for at, a, _, new in state["changes"]
+        )
+        return alias not in state["rotation"] and recorded
+
     fault()
-    states = wait_all(
-        fleets, lambda s: alias not in s["rotation"], timeout=timeout, what=f"{alias} out"
-    )
+    states = wait_all(fleets, out, timeout=timeout, what=f"{alias} out")
     seconds = {}
     for pid, state in states.items():
         times = [at for at, a, _, new in state["changes"] if a == alias and new in OUT]
@@ -485,63 +492,6 @@ def measure_takeover(
     )
 
 
-class RestartableRedis:
-    """A ``redis-server`` on a port of its own that can be stopped and started
-    again on the same port (the clients' URL does not change), like a Redis
-    host that goes down and comes back."""
-
-    def __init__(self) -> None:
-        self.port = _free_port()
-        self.directory = Path(tempfile.mkdtemp(prefix="rr-fleet-redis-"))
-        self.process: subprocess.Popen[bytes] | None = None
-
-    def url(self, db: int = 0) -> str:
-        return f"redis://{HOST}:{self.port}/{db}"
-
-    def start(self, timeout: float = 10.0) -> None:
-        with (self.directory / "redis.log").open("ab") as out:
-            self.process = subprocess.Popen(
-                [
-                    find_redis_server(),
-                    *("--port", str(self.port)),
-                    *("--bind", HOST),
-                    *("--save", ""),
-                    *("--appendonly", "no"),
-                    *("--dir", str(self.directory)),
-                ],
-                stdout=out,
-                stderr=subprocess.STDOUT,
-                stdin=subprocess.DEVNULL,
-            )
-        deadline = time.monotonic() + timeout
-        while not ping(self.port, timeout=0.5):
-            if self.process.poll() is not None or time.monotonic() > deadline:
-                self.stop()
-                raise RuntimeError(f"redis-server did not start on port {self.port}")
-            time.sleep(0.02)
-
-    def stop(self) -> None:
-        process, self.process = self.process, None
-        if process is not None and process.poll() is None:
-            process.terminate()
-            try:
-                process.wait(timeout=10)
-            except subprocess.TimeoutExpired:
-                process.kill()
-                process.wait()
-
-    def close(self) -> None:
-        self.stop()
-        shutil.rmtree(self.directory, ignore_errors=True)
-
-    def __enter__(self) -> RestartableRedis:
-        self.start()
-        return self
-
-    def __exit__(self, *exc: object) -> None:
-        self.close()
-
-
 @dataclass
 class StoreOutage:
     #: Monitor connections per node sampled while Redis was down, and after.
@@ -558,7 +508,7 @@ class StoreOutage:
 
 def measure_store_outage(
     fleets: Sequence[Fleet],
-    redis: RestartableRedis,
+    redis: RedisServer,
     cluster: Cluster,
     dbname: str,
     *,
@@ -571,14 +521,14 @@ def measure_store_outage(
     with ReadLoad(fleets) as load:
         time.sleep(2 * interval)
         stopped = time.monotonic()
-        redis.stop()
+        redis.halt()
         try:
             down = settle_connections(cluster, dbname, workers, interval=interval)
             in_fallback = sum(s["fallback"] for s in all_states(fleets).values())
             remaining = (down_for or 5 * interval) - (time.monotonic() - stopped)
             time.sleep(max(0.0, remaining))
         finally:
-            if redis.process is None:
+            if not redis.running:
                 redis.start()
         after = settle_connections(cluster, dbname, 1, interval=interval)
     return StoreOutage(

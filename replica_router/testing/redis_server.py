@@ -69,7 +69,8 @@ class RedisServer:
 
     ``start()`` returns once the server answers ``PING``; ``stop()`` ends it and
     removes the temporary directory it made. Both are idempotent, and the
-    object is a context manager that does both.
+    object is a context manager that does both. ``halt()`` ends it but keeps
+    its port, for ``start()`` to bring it back at the same URL.
     """
 
     def __init__(self, *, binary: str | None = None, startup_timeout: float = 10.0) -> None:
@@ -96,16 +97,19 @@ class RedisServer:
         return self._process is not None and self._process.poll() is None
 
     def start(self) -> None:
+        """Start the server; after :meth:`halt`, on the port it had."""
         if self.running:
             return
         binary = self._binary or find_redis_server()
-        self._directory = Path(tempfile.mkdtemp(prefix="replica-router-redis-"))
+        if self._directory is None:
+            self._directory = Path(tempfile.mkdtemp(prefix="replica-router-redis-"))
         log = self._directory / "redis.log"
         # A free port can be taken by someone else before the server binds it;
-        # then the server exits at once, and another port is tried.
-        for _attempt in range(3):
-            port = _free_port()
-            with log.open("wb") as out:
+        # then the server exits at once, and another port is tried. A server
+        # brought back after halt() must keep its URL: one try, on its port.
+        ports = [self._port] if self._port is not None else [_free_port() for _ in range(3)]
+        for port in ports:
+            with log.open("ab") as out:
                 self._process = subprocess.Popen(
                     [
                         binary,
@@ -140,8 +144,10 @@ class RedisServer:
         self._process.wait()
         return False
 
-    def stop(self) -> None:
-        process, self._process, self._port = self._process, None, None
+    def halt(self) -> None:
+        """End the server but keep its port, so that :meth:`start` brings it back
+        at the same URL: a Redis host that goes down and comes back."""
+        process, self._process = self._process, None
         if process is not None and process.poll() is None:
             process.terminate()
             try:
@@ -149,6 +155,10 @@ class RedisServer:
             except subprocess.TimeoutExpired:
                 process.kill()
                 process.wait()
+
+    def stop(self) -> None:
+        self.halt()
+        self._port = None
         directory, self._directory = self._directory, None
         if directory is not None:
             shutil.rmtree(directory, ignore_errors=True)

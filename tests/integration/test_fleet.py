@@ -20,8 +20,8 @@ from django.db import connections
 
 from replica_router import runtime
 from replica_router.testing.cluster import Cluster
+from replica_router.testing.redis_server import RedisServer
 from tests.fleet import (
-    RestartableRedis,
     Writer,
     all_states,
     cache_prefix,
@@ -172,7 +172,7 @@ def test_another_worker_takes_over_within_two_intervals_when_the_prober_is_kille
 def test_with_redis_down_every_worker_probes_for_itself_and_no_read_fails(
     replica_cluster: Cluster, dbname: str
 ):
-    with RestartableRedis() as redis:
+    with RedisServer() as redis:
         groups, settings = sharing("cache", redis.url())
         with fleets(*groups, database=dbname, **settings) as started:
             settle_connections(replica_cluster, dbname, 1, interval=INTERVAL, samples=1)
