@@ -13,7 +13,9 @@ tests/fleet.py starts them, counts the monitor's connections in each node's
 3. a replica killed, and another paused (the primary commits ten times a
    second): the time until every worker has it out of rotation;
 4. the probing worker SIGKILLed: the time until another one holds the lease,
-   and the reads that failed meanwhile (light load, 20 reads/s);
+   and the reads that failed meanwhile (light load, 20 reads/s); then the
+   same with replica_1 killed a moment after the prober, while no one probes:
+   where the reads went, and when every worker had it out;
 5. Redis stopped for a while under the same load: connections per node while
    it is down and after it is back, and the reads that failed.
 
@@ -47,6 +49,7 @@ from tests.fleet import (  # noqa: E402
     all_states,
     cache_prefix,
     fleets,
+    measure_death_during_takeover,
     measure_out_of_rotation,
     measure_store_outage,
     measure_takeover,
@@ -168,6 +171,26 @@ def main() -> None:
                 f"({t.seconds / args.interval:.2f} intervals; seen after "
                 f"{t.observed_seconds:.2f} s), failed reads {len(t.failures)}/{t.reads}, "
                 f"connections after: {compact(after.samples, nodes)}"
+            )
+
+        for mode in ("host", "cache"):
+            groups, settings = setup(mode)
+            with fleets(*groups, database=DB, **settings) as started:
+                settle_connections(cluster, DB, 1, interval=args.interval, samples=1)
+                try:
+                    d = measure_death_during_takeover(
+                        started, "replica_1", cluster.kill, interval=args.interval
+                    )
+                finally:
+                    cluster.start("replica_1")
+                    cluster.wait_streaming()
+                    cluster.wait_replayed()
+            say(
+                f"   {mode:5} and replica_1 killed {args.interval / 5:g} s later: out in every "
+                f"worker after {d.last_out:.2f} s, new prober after {d.took_over:.2f} s; "
+                f"reads {d.reads}: sent to replica_1 {len(d.sent_there)} (all served "
+                f"elsewhere), served by it {len(d.served_there)}, failed "
+                f"{len(d.takeover.failures)}, sent after it was out {len(d.sent_after_out)}"
             )
 
         # 5: Redis down.

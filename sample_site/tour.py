@@ -11,7 +11,10 @@ at /replicas/status.json, and breaks the local cluster on purpose:
    replicas have replayed the write, then on the replicas again;
 3. a replica whose replay is paused leaves rotation and returns on resume;
 4. a replica killed under load: no request fails;
-5. the final ``manage.py replica_health`` table.
+5. one prober for the host: three more gunicorn workers join the demo's, the
+   nodes still see one monitor connection each, and when the prober hangs
+   (SIGSTOP) another process takes over;
+6. the final ``manage.py replica_health`` table.
 
 Every wait has a deadline, so the tour ends in about a minute or fails.
 """
@@ -19,10 +22,14 @@ Every wait has a deadline, so the tour ends in about a minute or fails.
 from __future__ import annotations
 
 import argparse
+import contextlib
 import http.cookiejar
 import json
+import os
 import random
 import re
+import signal
+import socket
 import subprocess
 import sys
 import threading
@@ -40,11 +47,15 @@ SITE_DIR = Path(__file__).resolve().parent
 sys.path.insert(0, str(SITE_DIR))
 
 from bookshop.demo_account import STAFF_PASSWORD, STAFF_USERNAME  # noqa: E402
+from replica_router.health.probe import APPLICATION_NAME  # noqa: E402
 
 PRIMARY_ALIAS = "default"
 COOKIE = "replica_router"  # REPLICA_ROUTER["COOKIE_NAME"]
 #: How late both replicas apply WAL during the read-your-writes step.
 APPLY_DELAY = 1.0
+GUNICORN_CONF = SITE_DIR / "bookshop_site" / "gunicorn.conf.py"
+#: The site's CHECK_INTERVAL: a prober that hangs is replaced within two.
+CHECK_INTERVAL = 1.0
 
 
 class TourError(RuntimeError):
@@ -131,6 +142,14 @@ class Site:
             raise TourError(f"/replicas/status.json answered HTTP {reply.status}")
         document: dict[str, Any] = json.loads(reply.body)
         return document
+
+    def reader(self, tries: int = 50) -> dict[str, Any]:
+        """The sharing status seen by a process that does not probe."""
+        for _ in range(tries):
+            sharing: dict[str, Any] = self.status()["sharing"]
+            if not sharing["probing_here"]:
+                return sharing
+        raise TourError(f"every process of {self.url} says it probes")
 
     def node(self, alias: str, status: dict[str, Any] | None = None) -> dict[str, Any]:
         for node in (status or self.status())["nodes"]:
@@ -232,6 +251,7 @@ class Tour:
         self.read_your_writes()
         self.paused_replica()
         self.killed_replica()
+        self.one_prober()
         self.health_table()
         say()
         say(f"Tour done in {time.monotonic() - self.started:.0f}s.")
@@ -426,8 +446,106 @@ class Tour:
             raise TourError(f"{victim} is back in rotation but served no reads: {after}")
 
     # 5 ---------------------------------------------------------------------------
+    def one_prober(self) -> None:
+        heading(5, "One prober for the host: a lease, readers, a takeover")
+        nodes = self.cluster.nodes
+        with MoreWorkers(self.env, workers=3) as more:
+            self.wait_monitor_connections(1)
+            say(
+                "3 more gunicorn workers now serve the site beside the demo's: 4 processes, "
+                'each with a health monitor (HEALTH_SHARING = "host").'
+            )
+            counts = self.monitor_connections()
+            say(
+                "Monitor connections per node: "
+                + ", ".join(f"{name(node)} {counts[node]}" for node in nodes)
+                + " (one each, not 4)."
+            )
+            sites = {"demo": self.site, "more": Site(more.url)}
+            prober = self.site.status()["sharing"]["prober"]
+            victim = prober["pid"]
+            # Watch from the processes the victim is not among: a stopped
+            # process answers no request.
+            watch = sites["more"] if victim == self.worker_pid() else sites["demo"]
+            reader = watch.reader()
+            say(
+                f"The prober: pid {victim} on {prober['host']}, lease held for "
+                f"{watch.status()['sharing']['lease_age_seconds']:.1f} s. It probes every node "
+                "and publishes a snapshot"
+            )
+            say(
+                f"that the others read: a page served by a reader shows one "
+                f"{reader['snapshot_age_seconds']:.1f} s old."
+            )
+            traffic = Traffic(watch.url, self.pages + self.books, clients=2)
+            traffic.start()
+            try:
+                time.sleep(0.5)
+                os.kill(victim, signal.SIGSTOP)
+                try:
+                    took = watch.wait(
+                        "a new prober",
+                        lambda s: (
+                            _prober_pid(s) not in (None, victim)
+                            and (s["sharing"]["snapshot_age_seconds"] or 0) < CHECK_INTERVAL
+                        ),
+                        timeout=30,
+                    )
+                    new = watch.status()["sharing"]["prober"]["pid"]
+                    time.sleep(0.5)
+                finally:
+                    os.kill(victim, signal.SIGCONT)
+                self.wait_monitor_connections(1)
+            finally:
+                traffic.stop()
+            say(
+                f"SIGSTOP pid {victim} (a hung prober): its lease ran out, and pid {new} took "
+                f"over after {took:.1f} s (CHECK_INTERVAL {CHECK_INTERVAL:g} s)."
+            )
+            say(
+                f"SIGCONT: pid {victim} finds the lease taken and reads the snapshot again; "
+                "one monitor connection per node still."
+            )
+            say(
+                f"Meanwhile: {traffic.count} requests, {traffic.failed} failed, "
+                f"slowest {traffic.slowest * 1000:.0f} ms."
+            )
+        if traffic.failed:
+            raise TourError(f"{traffic.failed} requests failed: {traffic.errors[:3]}")
+        if took > 2 * CHECK_INTERVAL:
+            raise TourError(f"the takeover took {took:.1f} s, more than two intervals")
+
+    def worker_pid(self) -> int | None:
+        """The demo's gunicorn worker (the master's child), or None."""
+        master = demo_master(self.cluster)
+        if master is None:
+            return None
+        children = Path(f"/proc/{master}/task/{master}/children")
+        pids = children.read_text().split() if children.exists() else []
+        return int(pids[0]) if pids else None
+
+    def monitor_connections(self) -> dict[str, int]:
+        return {
+            node: int(
+                self.cluster.query(
+                    node,
+                    "SELECT count(*) FROM pg_stat_activity WHERE application_name = %s",
+                    [APPLICATION_NAME],
+                )
+            )
+            for node in self.cluster.nodes
+        }
+
+    def wait_monitor_connections(self, expected: int, timeout: float = 30) -> None:
+        deadline = time.monotonic() + timeout
+        while set((counts := self.monitor_connections()).values()) != {expected}:
+            if time.monotonic() > deadline:
+                raise TourError(f"monitor connections never {expected} per node: {counts}")
+            time.sleep(0.1)
+
+    # 6 ---------------------------------------------------------------------------
     def health_table(self) -> None:
-        heading(5, "manage.py replica_health")
+        heading(6, "manage.py replica_health")
         result = subprocess.run(
             [*self.manage, "replica_health"],
             env=self.env,
@@ -505,6 +623,73 @@ class Watcher:
     def timeline(self, *, since: float) -> list[tuple[float, str]]:
         with self._lock:
             return sorted((at - since, text) for at, text in self._events)
+
+
+def _prober_pid(status: dict[str, Any]) -> int | None:
+    prober = status["sharing"]["prober"]
+    return None if prober is None else int(prober["pid"])
+
+
+def demo_master(cluster: Any) -> int | None:
+    """The demo's gunicorn master, from the pid file demo.py gives it."""
+    try:
+        return int((Path(cluster.dir) / "gunicorn.pid").read_text())
+    except (OSError, ValueError):
+        return None
+
+
+class MoreWorkers:
+    """A second gunicorn master with more workers of the same site, on a free
+    port: more processes on this host, sharing the demo's lease."""
+
+    def __init__(self, env: dict[str, str], *, workers: int) -> None:
+        self.env, self.workers = env, workers
+        with socket.socket() as probe:
+            probe.bind(("127.0.0.1", 0))
+            self.port = probe.getsockname()[1]
+        self.url = f"http://127.0.0.1:{self.port}"
+        self.process: subprocess.Popen[bytes] | None = None
+
+    def __enter__(self) -> MoreWorkers:
+        gunicorn = Path(sys.executable).parent / "gunicorn"
+        self.process = subprocess.Popen(
+            [
+                str(gunicorn),
+                *("--config", str(GUNICORN_CONF)),
+                *("--bind", f"127.0.0.1:{self.port}"),
+                *("--workers", str(self.workers), "--threads", "2"),
+            ],
+            cwd=SITE_DIR,
+            env=self.env,
+            stdin=subprocess.DEVNULL,
+            stdout=subprocess.DEVNULL,
+            stderr=subprocess.DEVNULL,
+            start_new_session=True,  # its own group, stopped as one
+        )
+        deadline = time.monotonic() + 30
+        while True:
+            try:
+                with urllib.request.urlopen(f"{self.url}/replicas/status.json", timeout=5):
+                    break
+            except (urllib.error.URLError, OSError):
+                if self.process.poll() is not None or time.monotonic() > deadline:
+                    self.__exit__()
+                    raise TourError(f"the extra gunicorn did not answer on {self.url}") from None
+                time.sleep(0.1)
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        if self.process is None:
+            return
+        with contextlib.suppress(ProcessLookupError):
+            os.killpg(self.process.pid, signal.SIGTERM)
+        try:
+            self.process.wait(timeout=20)
+        except subprocess.TimeoutExpired:
+            with contextlib.suppress(ProcessLookupError):
+                os.killpg(self.process.pid, signal.SIGKILL)
+            self.process.wait()
+        self.process = None
 
 
 class Traffic:

@@ -14,6 +14,9 @@ Redis stand for several hosts. Every worker runs the router's health monitor
   transition, on this host's clock);
 * :func:`measure_takeover`: SIGKILL the worker that probes, and the time until
   another one holds the lease, with light read load meanwhile;
+* :func:`measure_death_during_takeover`: the same, with a replica killed a
+  moment after the prober: where the reads went, and when each worker took
+  the replica out;
 * :func:`measure_store_outage`: stop Redis under light load, the connections
   while it is down, and after it returns.
 
@@ -293,6 +296,8 @@ class ReadLoad:
     reads: int = 0
     failures: list[str] = field(default_factory=list)
     served: dict[str, int] = field(default_factory=dict)
+    #: Every read answered: (wall-clock time, worker pid, alias chosen, server that answered).
+    log: list[tuple[float, int, str, str]] = field(default_factory=list)
     lock: threading.Lock = field(default_factory=threading.Lock)
     _stop: threading.Event = field(default_factory=threading.Event)
     _thread: threading.Thread | None = None
@@ -304,8 +309,10 @@ class ReadLoad:
             turn += 1
             with self.lock:
                 try:
-                    db = fleet.get("/read/")["db"]
-                    self.served[str(db)] = self.served.get(str(db), 0) + 1
+                    read = fleet.get("/read/")
+                    db = str(read["db"])
+                    self.served[db] = self.served.get(db, 0) + 1
+                    self.log.append((read["at"], read["pid"], db, str(read["server"])))
                 except Exception as exc:
                     self.failures.append(f"{fleet.name}: {exc!r}")
                 self.reads += 1
@@ -443,19 +450,31 @@ class Takeover:
     new_prober: int
     #: From the SIGKILL to the new holder's lease (its own clock: this host's).
     seconds: float
+    #: When the new holder's lease began (wall clock).
+    new_prober_since: float
     #: From the SIGKILL until a request saw the new prober answer.
     observed_seconds: float
     reads: int
     failures: list[str]
+    #: The reads answered, as :attr:`ReadLoad.log`.
+    log: list[tuple[float, int, str, str]] = field(default_factory=list)
+    #: When ``meanwhile`` returned (wall clock), if given.
+    meanwhile_at: float | None = None
 
 
 def measure_takeover(
-    fleets: Sequence[Fleet], *, interval: float, timeout: float = 30.0
+    fleets: Sequence[Fleet],
+    *,
+    interval: float,
+    timeout: float = 30.0,
+    meanwhile: Callable[[], None] | None = None,
 ) -> Takeover:
     """SIGKILL the prober under light read load; wait for another worker to probe.
 
     Done when some other worker says ``probing_here`` with a fresh snapshot
-    (``snapshot_age_seconds`` under 1.5 intervals: a cycle, give or take its jitter).
+    (``snapshot_age_seconds`` under 1.5 intervals: a cycle, give or take its
+    jitter). ``meanwhile`` (a fault) runs a fifth of an interval after the
+    kill, while no process holds the lease.
     """
     fleet, state = prober(fleets)
     victim = state["pid"]
@@ -464,6 +483,11 @@ def measure_takeover(
         with load.lock:  # no read in flight on the victim
             killed_at, killed_mono = time.time(), time.monotonic()
             os.kill(victim, signal.SIGKILL)
+        meanwhile_at = None
+        if meanwhile is not None:
+            time.sleep(interval / 5)
+            meanwhile()
+            meanwhile_at = time.time()
         deadline = killed_mono + timeout
         found: dict[str, Any] | None = None
         while found is None:
@@ -486,9 +510,69 @@ def measure_takeover(
         killed=victim,
         new_prober=found["pid"],
         seconds=found["lease_since"] - killed_at,
+        new_prober_since=found["lease_since"],
         observed_seconds=observed,
         reads=load.reads,
         failures=load.failures,
+        log=load.log,
+        meanwhile_at=meanwhile_at,
+    )
+
+
+@dataclass
+class DeathDuringTakeover:
+    """A replica killed just after the prober: what the fleet did about it."""
+
+    takeover: Takeover
+    #: Worker pid -> seconds from the replica's death to its transition (the
+    #: workers that were there before; not the one started in the victim's place).
+    out_after: dict[int, float]
+    #: Reads answered after the death: all of them, those the router sent to
+    #: the dead replica (served elsewhere), and those it served (none can be).
+    reads: int
+    sent_there: list[tuple[float, int, str, str]]
+    served_there: list[tuple[float, int, str, str]]
+
+    @property
+    def last_out(self) -> float:
+        return max(self.out_after.values())
+
+    @property
+    def took_over(self) -> float:
+        """Seconds from the replica's death until the new prober held the lease."""
+        assert self.takeover.meanwhile_at is not None
+        return self.takeover.new_prober_since - self.takeover.meanwhile_at
+
+    @property
+    def sent_after_out(self) -> list[tuple[float, int, str, str]]:
+        """Reads sent there after every worker had it out."""
+        assert self.takeover.meanwhile_at is not None
+        settled = self.takeover.meanwhile_at + self.last_out
+        return [read for read in self.sent_there if read[0] > settled]
+
+
+def measure_death_during_takeover(
+    fleets: Sequence[Fleet], alias: str, kill: Callable[[str], None], *, interval: float
+) -> DeathDuringTakeover:
+    """SIGKILL the prober, then ``kill(alias)`` a fifth of an interval later,
+    under light read load; wait until every worker has ``alias`` out."""
+    before = set().union(*(fleet.pids() for fleet in fleets))
+    takeover = measure_takeover(fleets, interval=interval, meanwhile=lambda: kill(alias))
+    states = wait_all(fleets, lambda s: alias not in s["rotation"], timeout=30, what=f"{alias} out")
+    died = takeover.meanwhile_at
+    assert died is not None
+    out_after = {
+        pid: min(at for at, a, _, new in state["changes"] if a == alias and at >= died) - died
+        for pid, state in states.items()
+        if pid in before
+    }
+    after_death = [read for read in takeover.log if read[0] > died]
+    return DeathDuringTakeover(
+        takeover=takeover,
+        out_after=out_after,
+        reads=len(after_death),
+        sent_there=[read for read in after_death if read[2] == alias],
+        served_there=[read for read in after_death if read[3] == alias],
     )
 
 

@@ -58,7 +58,13 @@ def test_the_demo_tours_the_site_and_leaves_nothing_behind():
         # 4. a killed replica: no failed request
         assert re.search(r"replica_1 healthy -> down: connection failed", out)
         assert re.search(r"\d+ requests in [\d.]+ s, 0 failed", out)
-        # 5. the health table
+        # 5. one prober for four processes, and a takeover when it hangs
+        assert re.search(r"Monitor connections per node: primary 1, replica_1 1, replica_2 1", out)
+        assert re.search(r"The prober: pid \d+ on ", out)
+        assert re.search(r"a page served by a reader shows one [\d.]+ s old", out)
+        assert re.search(r"SIGSTOP pid (\d+) \(a hung prober\): .*pid (?!\1)\d+ took over", out)
+        assert re.search(r"Meanwhile: \d+ requests, 0 failed", out)
+        # 6. the health table
         assert "ok: 2 of 2 replicas serve reads" in out
         assert "DEMO_KEEP=0: stopping and removing everything." in out
         assert not directory.exists()

@@ -9,6 +9,7 @@ import threading
 import time
 from collections import deque
 
+from django.db import connections
 from django.http import HttpRequest, JsonResponse
 from django.urls import path
 
@@ -59,8 +60,12 @@ def state(request: HttpRequest) -> JsonResponse:
 
 
 def read(request: HttpRequest) -> JsonResponse:
+    """``db``: the alias the router chose; ``server``: whose server answered
+    (another one's when the read failed over)."""
     author = Author.objects.order_by("pk").first()
-    return JsonResponse({"pid": os.getpid(), "db": author._state.db if author else None})
+    db = author._state.db if author else None
+    server = (getattr(connections[db], "borrowed_from", None) or db) if db else None
+    return JsonResponse({"pid": os.getpid(), "db": db, "server": server, "at": time.time()})
 
 
 urlpatterns = [path("state/", state), path("read/", read)]

@@ -26,6 +26,7 @@ from tests.fleet import (
     all_states,
     cache_prefix,
     fleets,
+    measure_death_during_takeover,
     measure_out_of_rotation,
     measure_store_outage,
     measure_takeover,
@@ -166,6 +167,47 @@ def test_another_worker_takes_over_within_two_intervals_when_the_prober_is_kille
     assert takeover.failures == []
     assert takeover.reads > 0
     assert per_node(after.samples) == {node: {1} for node in replica_cluster.nodes}
+
+
+@db
+@pytest.mark.parametrize("mode", ["host", "cache"])
+def test_a_replica_that_dies_during_a_takeover_is_taken_out_by_the_first_read_sent_there(
+    replica_cluster: Cluster, dbname: str, redis_server: str, killed, mode: str
+):
+    """The prober is SIGKILLed, and replica_1 dies a moment later, while no
+    process probes. Readers still route by the last snapshot, which has it in
+    rotation: the first read sent there fails over and reports it, and every
+    worker takes it out at its next turn, before any new prober has probed.
+    The new prober starts with a probe of its own, not with the dead holder's
+    opinion, so nothing brings it back.
+
+    A CHECK_TIMEOUT of twice the usual makes the lease last 1.5 intervals, so
+    that the reports have time to act before a takeover: without them, the
+    workers would learn of the death only from the new prober."""
+    groups, settings = sharing(mode, redis_server)
+    settings["CHECK_TIMEOUT"] = 2 * TIMING["CHECK_TIMEOUT"]
+    with fleets(*groups, database=dbname, **settings) as started:
+        settle_connections(replica_cluster, dbname, 1, interval=INTERVAL, samples=1)
+        death = measure_death_during_takeover(started, "replica_1", killed, interval=INTERVAL)
+    print(
+        f"\nfleet {mode}: prober SIGKILLed, replica_1 killed {INTERVAL / 5:g} s later; "
+        f"out of rotation in all {len(death.out_after)} workers after {death.last_out:.2f} s; "
+        f"{len(death.sent_there)} of {death.reads} reads sent there meanwhile, all failed "
+        f"over, {len(death.takeover.failures)} failed; a new prober took over after "
+        f"{death.took_over:.2f} s"
+    )
+    assert death.takeover.failures == []
+    assert death.served_there == []
+    assert [read for read in death.sent_there if read[0] < death.takeover.new_prober_since], (
+        "no read was sent there before the takeover"
+    )
+    assert death.last_out < death.took_over, (
+        f"workers took replica_1 out after {sorted(death.out_after.values())} s, "
+        f"the new prober took over after {death.took_over:.2f} s"
+    )
+    # Once out everywhere, nothing brings it back: not the new prober's first
+    # snapshot, not the dead holder's last one.
+    assert death.sent_after_out == []
 
 
 @db
