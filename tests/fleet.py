@@ -555,12 +555,27 @@ def measure_death_during_takeover(
     fleets: Sequence[Fleet], alias: str, kill: Callable[[str], None], *, interval: float
 ) -> DeathDuringTakeover:
     """SIGKILL the prober, then ``kill(alias)`` a fifth of an interval later,
-    under light read load; wait until every worker has ``alias`` out."""
+    under light read load; wait until every worker has ``alias`` out.
+
+    Right after the death, reads are made until one is sent to ``alias``, so
+    that a read meets the dead replica before any new prober could (the light
+    load alone may miss it on a slow machine)."""
     before = set().union(*(fleet.pids() for fleet in fleets))
-    takeover = measure_takeover(fleets, interval=interval, meanwhile=lambda: kill(alias))
+    nudged: list[tuple[float, int, str, str]] = []
+
+    def fault() -> None:
+        kill(alias)
+        nudged.append((time.time(), 0, "", ""))  # the moment of death, dropped below
+        for turn in range(50):
+            read = fleets[turn % len(fleets)].get("/read/")
+            nudged.append((read["at"], read["pid"], str(read["db"]), str(read["server"])))
+            if read["db"] == alias:
+                break
+
+    takeover = measure_takeover(fleets, interval=interval, meanwhile=fault)
+    takeover.log.extend(nudged[1:])
+    takeover.meanwhile_at = died = nudged[0][0]
     states = wait_all(fleets, lambda s: alias not in s["rotation"], timeout=30, what=f"{alias} out")
-    died = takeover.meanwhile_at
-    assert died is not None
     out_after = {
         pid: min(at for at, a, _, new in state["changes"] if a == alias and at >= died) - died
         for pid, state in states.items()

@@ -181,11 +181,11 @@ def test_a_replica_that_dies_during_a_takeover_is_taken_out_by_the_first_read_se
     The new prober starts with a probe of its own, not with the dead holder's
     opinion, so nothing brings it back.
 
-    A CHECK_TIMEOUT of twice the usual makes the lease last 1.5 intervals, so
-    that the reports have time to act before a takeover: without them, the
-    workers would learn of the death only from the new prober."""
+    A CHECK_TIMEOUT of three times the usual makes the lease last 2
+    intervals, so that the reports have time to act before a takeover: without
+    them, the workers would learn of the death only from the new prober."""
     groups, settings = sharing(mode, redis_server)
-    settings["CHECK_TIMEOUT"] = 2 * TIMING["CHECK_TIMEOUT"]
+    settings["CHECK_TIMEOUT"] = 3 * TIMING["CHECK_TIMEOUT"]
     with fleets(*groups, database=dbname, **settings) as started:
         settle_connections(replica_cluster, dbname, 1, interval=INTERVAL, samples=1)
         death = measure_death_during_takeover(started, "replica_1", killed, interval=INTERVAL)
