@@ -25,6 +25,7 @@ from __future__ import annotations
 
 import argparse
 import contextlib
+import logging
 import os
 import statistics
 import subprocess
@@ -315,6 +316,35 @@ def fault(kind: str, side: str, pgpool: PgpoolServer, args: argparse.Namespace) 
     }
 
 
+# -- 4. what one read costs ------------------------------------------------------------
+
+
+def read_cost(reads: int) -> dict[str, float]:
+    """Median µs of one ORM read by primary key on a held connection, through the
+    router (to a replica) and through pgpool-II (which passes it to a replica),
+    taking turns read by read."""
+    from django.db import connections
+
+    from tests.testapp.models import Author
+
+    pk = Author.objects.using("default").create(name="read cost").pk
+    CLUSTER.wait_replayed()
+    times: dict[str, list[float]] = {"replica-router": [], "pgpool-II": []}
+    with _side("replica-router"):
+        try:
+            for i in range(reads + 200):
+                started = time.perf_counter()
+                Author.objects.get(pk=pk)
+                middle = time.perf_counter()
+                Author.objects.using("pgpool").get(pk=pk)
+                if i >= 200:  # the first reads connect and warm the caches
+                    times["replica-router"].append(middle - started)
+                    times["pgpool-II"].append(time.perf_counter() - middle)
+        finally:
+            connections.close_all()
+    return {name: statistics.median(values) * 1e6 for name, values in times.items()}
+
+
 # -- the report --------------------------------------------------------------------------
 
 
@@ -340,10 +370,16 @@ def main() -> None:
     parser.add_argument("--fault-at", type=float, default=2.0)
     parser.add_argument("--fault-for", type=float, default=7.0)
     parser.add_argument("--back-within", type=float, default=15.0)
-    parser.add_argument("--skip", choices=["http", "ryw", "faults"], action="append", default=[])
+    parser.add_argument("--reads", type=int, default=2000, help="reads timed per side")
+    parser.add_argument(
+        "--skip", choices=["http", "ryw", "faults", "cost"], action="append", default=[]
+    )
     args = parser.parse_args()
 
     started = time.monotonic()
+    # The faults make psycopg_pool log each failed reconnection and psycopg
+    # pgpool's notices ("executing failover"): expected, and counted above.
+    logging.getLogger("psycopg").setLevel(logging.CRITICAL)
     # Room for every pooled session of the HTTP run (12 per gunicorn worker)
     # and the readers of the fault runs; pgpool queues clients beyond it.
     children = max(32, args.workers * 12 + 8)
@@ -351,6 +387,8 @@ def main() -> None:
     http: dict[str, dict[str, float]] = {}
     ryw: dict[str, dict[str, float]] = {}
     faults: dict[tuple[str, str], dict[str, Any]] = {}
+    cost: dict[str, float] = {}
+    selects: dict[str, int] = {}
     try:
         pgpool.start()
         _setup_django(pgpool)
@@ -366,6 +404,10 @@ def main() -> None:
                 workers=args.workers,
                 threads=args.threads,
             )
+            # pgpool counts the SELECTs it sent to each node: the 3:1 it was given?
+            selects = {name: int(row["select_cnt"]) for name, row in pgpool.nodes().items()}
+        if "cost" not in args.skip:
+            cost = read_cost(args.reads)
         if "ryw" not in args.skip:
             ryw = stale_reads(args)
         if "faults" not in args.skip:
@@ -404,6 +446,18 @@ def main() -> None:
             f"replica-router / pgpool-II: {ours['rps'] / theirs['rps']:.2f}x req/s, "
             f"p99 {ours['p99']:.1f} ms vs {theirs['p99']:.1f} ms"
         )
+        lines.append(
+            "SELECTs pgpool-II sent to each node during the HTTP rounds: "
+            + ", ".join(f"{name} {count:,}" for name, count in selects.items())
+        )
+    if cost:
+        ours, theirs = cost["replica-router"], cost["pgpool-II"]
+        lines += [
+            "",
+            f"one ORM read by primary key on a held connection, {args.reads} per side, "
+            f"taking turns: replica-router {ours:.0f} µs, pgpool-II {theirs:.0f} µs "
+            f"(the hop through pgpool-II: +{theirs - ours:.0f} µs a query)",
+        ]
     if ryw:
         lines += [
             "",

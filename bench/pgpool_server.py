@@ -226,15 +226,20 @@ class PgpoolServer:
                 raise RuntimeError(f"pgpool-II did not start; its log ends with:\n{tail}")
             time.sleep(0.2)
 
-    def node_status(self) -> dict[str, str]:
-        """Node name -> pgpool's status of it (``up``, ``down``, ``waiting``)."""
+    def nodes(self) -> dict[str, dict[str, str]]:
+        """Node name -> its row of pgpool's ``SHOW POOL_NODES`` (``status``,
+        ``select_cnt``, ``replication_state``...)."""
         names = {self.cluster.port(name): name for name in self.cluster.nodes}
         with psycopg.connect(self.conninfo("postgres"), autocommit=True) as conn:
             cursor = conn.execute("SHOW POOL_NODES")
             assert cursor.description is not None
             columns = [column.name for column in cursor.description]
             rows = [dict(zip(columns, row, strict=True)) for row in cursor.fetchall()]
-        return {names[int(row["port"])]: row["status"] for row in rows}
+        return {names[int(row["port"])]: row for row in rows}
+
+    def node_status(self) -> dict[str, str]:
+        """Node name -> pgpool's status of it (``up``, ``down``, ``waiting``)."""
+        return {name: row["status"] for name, row in self.nodes().items()}
 
     def _pid(self) -> int | None:
         # pgpool writes its pid into a buffer padded with NULs, not a line.
