@@ -371,6 +371,7 @@ def main() -> None:
     parser.add_argument("--fault-for", type=float, default=7.0)
     parser.add_argument("--back-within", type=float, default=15.0)
     parser.add_argument("--reads", type=int, default=2000, help="reads timed per side")
+    parser.add_argument("--pgpool-log", type=Path, help="keep pgpool-II's log there")
     parser.add_argument(
         "--skip", choices=["http", "ryw", "faults", "cost"], action="append", default=[]
     )
@@ -415,6 +416,9 @@ def main() -> None:
                 for side in ("replica-router", "pgpool"):
                     faults[kind, side] = fault(kind, side, pgpool, args)
     finally:
+        if args.pgpool_log:
+            with contextlib.suppress(OSError):
+                args.pgpool_log.write_bytes(pgpool.log.read_bytes())
         pgpool.remove()
 
     lines = [
