@@ -29,7 +29,7 @@ import os
 import sys
 
 from charts import OUT, bar_chart
-from http_load import ROOT, run_rounds, seed_shop
+from http_load import ROOT, add_arguments, run_rounds, seed_shop
 from machine import describe
 
 
@@ -56,12 +56,7 @@ def _configs(primary: str, replicas: list[str]) -> dict[str, dict[str, str]]:
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--rounds", type=int, default=5)
-    parser.add_argument("--seconds", type=int, default=8)
-    parser.add_argument("--connections", type=int, default=16)
-    parser.add_argument("--books", type=int, default=1000)
-    parser.add_argument("--workers", type=int, default=os.cpu_count() or 2)
-    parser.add_argument("--threads", type=int, default=4)
+    add_arguments(parser, rounds=5)
     args = parser.parse_args()
 
     cluster_dir = os.environ.get("REPLICA_ROUTER_CLUSTER_DIR")
@@ -74,13 +69,7 @@ def main() -> None:
     seed_shop(cluster.url(PRIMARY), args.books)
     cluster.wait_replayed()
     results = run_rounds(
-        _configs(cluster.url(PRIMARY), [cluster.url(name) for name in cluster.replicas]),
-        rounds=args.rounds,
-        seconds=args.seconds,
-        connections=args.connections,
-        books=args.books,
-        workers=args.workers,
-        threads=args.threads,
+        _configs(cluster.url(PRIMARY), [cluster.url(name) for name in cluster.replicas]), args
     )
     lines = [
         f"HTTP, sample site (gunicorn {args.workers} workers x {args.threads} threads, no "

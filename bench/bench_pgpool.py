@@ -44,8 +44,9 @@ sys.path.insert(0, str(BENCH.parent))
 if not os.environ.get("REPLICA_ROUTER_CLUSTER_DIR"):
     sys.exit("Run it with 'make bench', which starts the local cluster it measures against.")
 
+import http_load  # noqa: E402
+import ryw_workload  # noqa: E402
 from charts import OUT, bar_chart  # noqa: E402
-from http_load import run_rounds, seed_shop  # noqa: E402
 from machine import describe  # noqa: E402
 from pgpool_server import PGPOOL, PgpoolServer  # noqa: E402
 
@@ -149,7 +150,6 @@ RYW_SETUPS = {
 def stale_reads(args: argparse.Namespace) -> dict[str, dict[str, float]]:
     from django.core.management import call_command
     from django.db import close_old_connections
-    from ryw_workload import run_workload
 
     call_command("migrate", verbosity=0)
     CLUSTER.wait_replayed()
@@ -159,16 +159,9 @@ def stale_reads(args: argparse.Namespace) -> dict[str, dict[str, float]]:
     try:
         for label, side in RYW_SETUPS.items():
             with _side(side):
-                results[label] = run_workload(
-                    users=args.users,
-                    ops=args.ops,
-                    writes=args.writes,
-                    delay=args.delay,
-                    think=args.think,
-                    # What the end of a request does, which the test client skips:
-                    # closes a connection with CONN_MAX_AGE 0, returns a pooled one.
-                    end_request=close_old_connections,
-                )
+                # What the end of a request does, which the test client skips:
+                # closes a connection with CONN_MAX_AGE 0, returns a pooled one.
+                results[label] = ryw_workload.run_workload(args, end_request=close_old_connections)
     finally:
         for name in CLUSTER.replicas:
             CLUSTER.delay(name, 0)
@@ -355,17 +348,9 @@ def _settings_lines(pgpool: PgpoolServer) -> list[str]:
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--rounds", type=int, default=3)
-    parser.add_argument("--seconds", type=int, default=8)
-    parser.add_argument("--connections", type=int, default=16)
-    parser.add_argument("--books", type=int, default=1000)
-    parser.add_argument("--workers", type=int, default=os.cpu_count() or 2)
-    parser.add_argument("--threads", type=int, default=4)
-    parser.add_argument("--users", type=int, default=4)
-    parser.add_argument("--ops", type=int, default=150, help="operations per user")
-    parser.add_argument("--writes", type=float, default=0.2, help="share of writes")
-    parser.add_argument("--delay", type=float, default=0.3, help="replica apply delay, s")
-    parser.add_argument("--think", type=float, default=0.01, help="pause between ops, s")
+    # 3 rounds, not bench_http.py's 5: the whole bench stays within about 5 minutes.
+    http_load.add_arguments(parser, rounds=3)
+    ryw_workload.add_arguments(parser)
     parser.add_argument("--readers", type=int, default=8)
     parser.add_argument("--fault-at", type=float, default=2.0)
     parser.add_argument("--fault-for", type=float, default=7.0)
@@ -394,17 +379,9 @@ def main() -> None:
         pgpool.start()
         _setup_django(pgpool)
         if "http" not in args.skip:
-            seed_shop(CLUSTER.url(PRIMARY), args.books)
+            http_load.seed_shop(CLUSTER.url(PRIMARY), args.books)
             CLUSTER.wait_replayed()
-            http = run_rounds(
-                http_configs(pgpool),
-                rounds=args.rounds,
-                seconds=args.seconds,
-                connections=args.connections,
-                books=args.books,
-                workers=args.workers,
-                threads=args.threads,
-            )
+            http = http_load.run_rounds(http_configs(pgpool), args)
             # pgpool counts the SELECTs it sent to each node: the 3:1 it was given?
             selects = {name: int(row["select_cnt"]) for name, row in pgpool.nodes().items()}
         if "cost" not in args.skip:

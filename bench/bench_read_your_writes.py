@@ -28,7 +28,7 @@ if not os.environ.get("REPLICA_ROUTER_CLUSTER_DIR"):
 import django  # noqa: E402
 from charts import OUT, bar_chart  # noqa: E402
 from machine import describe  # noqa: E402
-from ryw_workload import run_workload  # noqa: E402
+from ryw_workload import add_arguments, run_workload  # noqa: E402
 
 django.setup()
 
@@ -54,18 +54,12 @@ def run_mode(mode: str, args: argparse.Namespace) -> dict[str, float]:
     with override_settings(
         ROOT_URLCONF="tests.ryw_urls", MIDDLEWARE=MIDDLEWARE, REPLICA_ROUTER=overrides
     ):
-        return run_workload(
-            users=args.users, ops=args.ops, writes=args.writes, delay=args.delay, think=args.think
-        )
+        return run_workload(args)
 
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--users", type=int, default=4)
-    parser.add_argument("--ops", type=int, default=150, help="operations per user")
-    parser.add_argument("--writes", type=float, default=0.2, help="share of writes")
-    parser.add_argument("--delay", type=float, default=0.3, help="replica apply delay, s")
-    parser.add_argument("--think", type=float, default=0.01, help="pause between ops, s")
+    add_arguments(parser)
     parser.add_argument("--pin-seconds", type=float, default=5.0)
     args = parser.parse_args()
 

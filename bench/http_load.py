@@ -13,6 +13,7 @@ configurations, so that a shared machine's noise hits them alike.
 
 from __future__ import annotations
 
+import argparse
 import os
 import re
 import signal
@@ -158,29 +159,32 @@ def wrk(port: int, script: Path, seconds: int, connections: int) -> dict[str, fl
     }
 
 
+def add_arguments(parser: argparse.ArgumentParser, *, rounds: int) -> None:
+    """The workload's options, which ``run_rounds`` reads."""
+    parser.add_argument("--rounds", type=int, default=rounds)
+    parser.add_argument("--seconds", type=int, default=8)
+    parser.add_argument("--connections", type=int, default=16)
+    parser.add_argument("--books", type=int, default=1000)
+    parser.add_argument("--workers", type=int, default=os.cpu_count() or 2)
+    parser.add_argument("--threads", type=int, default=4)
+
+
 def run_rounds(
-    configs: dict[str, dict[str, str]],
-    *,
-    rounds: int,
-    seconds: int,
-    connections: int,
-    books: int,
-    workers: int,
-    threads: int,
+    configs: dict[str, dict[str, str]], args: argparse.Namespace
 ) -> dict[str, dict[str, float]]:
     """Serve each configuration in turn, round after round; a 2 s warm-up first
     each time (the pools fill, the caches warm), then a measured run."""
     runs: dict[str, list[dict[str, float]]] = {name: [] for name in configs}
     with tempfile.NamedTemporaryFile("w", suffix=".lua", delete=False) as script:
-        script.write(LUA % {"books": books})
+        script.write(LUA % {"books": args.books})
     try:
-        for _ in range(rounds):
+        for _ in range(args.rounds):
             for name, urls in configs.items():
                 port = free_port()
-                server = serve({**site_env(), **urls}, port, workers, threads)
+                server = serve({**site_env(), **urls}, port, args.workers, args.threads)
                 try:
-                    wrk(port, Path(script.name), 2, connections)
-                    runs[name].append(wrk(port, Path(script.name), seconds, connections))
+                    wrk(port, Path(script.name), 2, args.connections)
+                    runs[name].append(wrk(port, Path(script.name), args.seconds, args.connections))
                 finally:
                     server.send_signal(signal.SIGTERM)
                     server.wait(30)

@@ -11,6 +11,7 @@ operation sequence.
 
 from __future__ import annotations
 
+import argparse
 import random
 import time
 from collections import Counter
@@ -19,18 +20,22 @@ from collections.abc import Callable
 from django.test import Client
 
 
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    """The workload's options, which ``run_workload`` reads."""
+    parser.add_argument("--users", type=int, default=4)
+    parser.add_argument("--ops", type=int, default=150, help="operations per user")
+    parser.add_argument("--writes", type=float, default=0.2, help="share of writes")
+    parser.add_argument("--delay", type=float, default=0.3, help="replica apply delay, s")
+    parser.add_argument("--think", type=float, default=0.01, help="pause between ops, s")
+
+
 def run_workload(
-    *,
-    users: int,
-    ops: int,
-    writes: float,
-    delay: float,
-    think: float,
-    end_request: Callable[[], None] = lambda: None,
+    args: argparse.Namespace, *, end_request: Callable[[], None] = lambda: None
 ) -> dict[str, float]:
-    """Run it under the current settings; ``end_request`` runs after each request
-    (the test client skips Django's own end of request, which closes or returns
-    connections)."""
+    """Run it under the current settings, with the replicas already ``args.delay``
+    behind; ``end_request`` runs after each request (the test client skips
+    Django's own end of request, which closes or returns connections)."""
+    users, ops, writes, think = args.users, args.ops, args.writes, args.think
     rng = random.Random(42)
     clients = [Client() for _ in range(users)]
     rows: list[list[int]] = [[] for _ in range(users)]
@@ -41,7 +46,7 @@ def run_workload(
         rows[i].append(client.post("/authors/", {"name": "seed"}).json()["id"])
         end_request()
         client.cookies.clear()
-    time.sleep(delay + 0.2)
+    time.sleep(args.delay + 0.2)
     for op in range(ops * users):
         user = op % users
         client = clients[user]
