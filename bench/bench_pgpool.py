@@ -27,6 +27,7 @@ import argparse
 import contextlib
 import logging
 import os
+import signal
 import statistics
 import subprocess
 import sys
@@ -363,6 +364,9 @@ def main() -> None:
     args = parser.parse_args()
 
     started = time.monotonic()
+    # Stopped with SIGTERM (a timeout, a CI job cancelled), still stop pgpool-II
+    # and put the cluster back: the finally blocks run on SystemExit.
+    signal.signal(signal.SIGTERM, lambda signum, frame: sys.exit(128 + signum))
     # The faults make psycopg_pool log each failed reconnection and psycopg
     # pgpool's notices ("executing failover"): expected, and counted above.
     logging.getLogger("psycopg").setLevel(logging.CRITICAL)
