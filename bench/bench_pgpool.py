@@ -410,6 +410,8 @@ def main() -> None:
         *_settings_lines(pgpool),
         "replica-router: REPLICA_ROUTER "
         + ", ".join(f"{k} {v}" for k, v in _router_settings().items()),
+        "  (in the HTTP run, the sample site's own: the same but for PRIMARY_ONLY sessions "
+        "and HEALTH_SHARING 'host')",
     ]
     if http:
         lines += [
