@@ -78,7 +78,7 @@ docs: install
 	$(BIN)/sphinx-build -W --keep-going -q -b html docs docs/_build/html
 
 # Benchmarks print their figures; each compares side by side in one process.
-bench: needs-postgresql+wrk+redis install
+bench: needs-postgresql+wrk+redis+pgpool2 install
 	mkdir -p docs/bench
 	$(CLUSTER) run --dir $(CLUSTER_DIR) --replicas $(REPLICAS) -- sh -c '\
 		$(BIN)/python bench/bench_router.py | tee docs/bench/router.txt && \
@@ -87,7 +87,8 @@ bench: needs-postgresql+wrk+redis install
 		$(BIN)/python bench/bench_monotonic.py | tee docs/bench/monotonic.txt && \
 		$(BIN)/python bench/bench_celery.py | tee docs/bench/celery.txt && \
 		$(BIN)/python bench/bench_fleet.py | tee docs/bench/fleet.txt && \
-		$(BIN)/python bench/bench_http.py'
+		$(BIN)/python bench/bench_http.py && \
+		$(BIN)/python bench/bench_pgpool.py | tee docs/bench/pgpool.txt'
 	$(CLUSTER) run --dir $(CLUSTER_DIR) --replicas $(REPLICAS) -- env PYTEST_ADDOPTS="-s -k chaos" \
 		$(BIN)/pytest tests/integration/test_chaos.py | grep '^chaos' | tee docs/bench/chaos.txt
 

@@ -4,11 +4,11 @@ Run with ``make bench`` (it starts the local cluster and sets
 ``REPLICA_ROUTER_CLUSTER_DIR``). Every replica applies WAL with a delay
 (``--delay``, default 0.3 s), like a replica set under load.
 
-The workload is write-heavy: virtual users, interleaved, each doing
-``--ops`` operations; ``--writes`` of them (20 % by default) create a row and
-are followed at once by a read of that row, the rest read one of the user's
-earlier rows. A read of a row the user has created that comes back missing is
-a stale read. The three modes run one after another in the same process on the
+The workload (``ryw_workload.py``) is write-heavy: virtual users, interleaved,
+each doing ``--ops`` operations; ``--writes`` of them (20 % by default) create
+a row and are followed at once by a read of that row, the rest read one of the
+user's earlier rows. A read of a row the user has created that comes back
+missing is a stale read. The three modes run one after another in the same process on the
 same cluster: ``lsn``, ``time`` and ``off``.
 """
 
@@ -16,10 +16,7 @@ from __future__ import annotations
 
 import argparse
 import os
-import random
 import sys
-import time
-from collections import Counter
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
@@ -31,12 +28,13 @@ if not os.environ.get("REPLICA_ROUTER_CLUSTER_DIR"):
 import django  # noqa: E402
 from charts import OUT, bar_chart  # noqa: E402
 from machine import describe  # noqa: E402
+from ryw_workload import add_arguments, run_workload  # noqa: E402
 
 django.setup()
 
 from django.conf import settings  # noqa: E402
 from django.core.management import call_command  # noqa: E402
-from django.test import Client, override_settings  # noqa: E402
+from django.test import override_settings  # noqa: E402
 
 from replica_router.testing.cluster import Cluster  # noqa: E402
 
@@ -48,11 +46,6 @@ MIDDLEWARE = [
 
 
 def run_mode(mode: str, args: argparse.Namespace) -> dict[str, float]:
-    rng = random.Random(42)  # the same operation sequence for every mode
-    clients = [Client() for _ in range(args.users)]
-    rows: list[list[int]] = [[] for _ in range(args.users)]
-    served: Counter[str] = Counter()
-    stale = reads = 0
     overrides = {
         **settings.REPLICA_ROUTER,
         "READ_YOUR_WRITES": mode,
@@ -61,37 +54,12 @@ def run_mode(mode: str, args: argparse.Namespace) -> dict[str, float]:
     with override_settings(
         ROOT_URLCONF="tests.ryw_urls", MIDDLEWARE=MIDDLEWARE, REPLICA_ROUTER=overrides
     ):
-        # Start every user with one replicated row, so reads have something to read.
-        for i, client in enumerate(clients):
-            rows[i].append(client.post("/authors/", {"name": "seed"}).json()["id"])
-            client.cookies.clear()
-        time.sleep(args.delay + 0.2)
-        for op in range(args.ops * args.users):
-            user = op % args.users
-            client = clients[user]
-            if rng.random() < args.writes:
-                pk = client.post("/authors/", {"name": f"u{user}"}).json()["id"]
-                rows[user].append(pk)
-            else:
-                pk = rng.choice(rows[user])
-            response = client.get(f"/authors/{pk}/")
-            reads += 1
-            if response.status_code == 404:
-                stale += 1
-            else:
-                served[response.json()["db"]] += 1
-            time.sleep(args.think)
-    replica_reads = sum(n for alias, n in served.items() if alias != "default")
-    return {"reads": reads, "stale": stale, "replica_share": replica_reads / reads}
+        return run_workload(args)
 
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--users", type=int, default=4)
-    parser.add_argument("--ops", type=int, default=150, help="operations per user")
-    parser.add_argument("--writes", type=float, default=0.2, help="share of writes")
-    parser.add_argument("--delay", type=float, default=0.3, help="replica apply delay, s")
-    parser.add_argument("--think", type=float, default=0.01, help="pause between ops, s")
+    add_arguments(parser)
     parser.add_argument("--pin-seconds", type=float, default=5.0)
     args = parser.parse_args()
 
