@@ -95,6 +95,54 @@ def test_a_pooled_replica_that_dies_is_read_around(
     assert slow_monitor.snapshot.node("replica_2").state is State.DOWN
 
 
+@pytest.fixture
+def checked_pool() -> Iterator[None]:
+    """replica_2's pool with CONN_HEALTH_CHECKS (psycopg_pool checks each
+    connection it hands out) and a pool timeout long enough to tell a read
+    that waited it out from one that did not."""
+    settings_dict = connections["replica_2"].settings_dict
+    saved = dict(settings_dict), dict(settings_dict["OPTIONS"])
+    connections["replica_2"].close()
+    _forget_pool("replica_2")
+    settings_dict["CONN_HEALTH_CHECKS"] = True
+    settings_dict["OPTIONS"] = {
+        **saved[1],
+        "pool": {**saved[1]["pool"], "timeout": 30},
+    }
+    try:
+        yield
+    finally:
+        connections["replica_2"].close()
+        settings_dict.update(saved[0])
+        settings_dict["OPTIONS"] = saved[1]
+        _forget_pool("replica_2")
+
+
+def _forget_pool(alias: str) -> None:
+    pool = DatabaseWrapper._connection_pools.pop(alias, None)  # type: ignore[attr-defined]
+    if pool is not None:
+        pool.close()
+
+
+@db
+def test_a_pooled_replica_whose_connections_fail_their_health_check_is_read_around_at_once(
+    seeded, slow_monitor: Monitor, killed, replica_cluster: Cluster, checked_pool
+):
+    """With CONN_HEALTH_CHECKS, psycopg_pool checks a connection before it
+    hands it out and, when the check fails, tries the next one and then waits
+    for a new one until its timeout: every read of a dead replica's pool would
+    sit out the pool timeout before failing over. The first failed check takes
+    the replica out instead, and the read goes elsewhere."""
+    assert served_port("replica_2") == replica_cluster.port("replica_2")
+    connections["replica_2"].close()  # back to the pool, still open
+    killed("replica_2")
+    assert served_port("replica_2") == replica_cluster.port("replica_1")
+    node = slow_monitor.snapshot.node("replica_2")
+    assert node.state is State.DOWN
+    # Not "couldn't get a connection after 30.00 sec": the pool timeout.
+    assert "couldn't get a connection" not in (node.last_error or ""), node.last_error
+
+
 @db
 def test_a_read_inside_a_transaction_on_a_dead_replica_is_not_retried(
     seeded, slow_monitor: Monitor, killed

@@ -5,10 +5,12 @@ router manages; ``replica_router.env.database_settings()`` does so by default.
 On the primary, and on aliases the router does not manage, it behaves exactly
 like ``django.db.backends.postgresql``. On a replica alias:
 
-* **Connecting fails** (refused, reset, timed out, pool timeout): the replica
-  is taken out of rotation at once, and the connection is made to another
-  replica in rotation instead, or to the primary as ``FALLBACK`` says. The
-  query runs there; nothing is retried because nothing was sent.
+* **Connecting fails** (refused, reset, timed out, pool timeout, a pooled
+  connection that fails its ``CONN_HEALTH_CHECKS`` check because the server is
+  gone): the replica is taken out of rotation at once, and the connection is
+  made to another replica in rotation instead, or to the primary as
+  ``FALLBACK`` says. The query runs there; nothing is retried because nothing
+  was sent.
 * **The connection breaks during a read** (the server died under it): the
   replica is taken out of rotation at once, and the statement is run again on
   a new connection made as above, if and only if it is safe to: a single
@@ -24,6 +26,7 @@ health monitor puts it back in rotation.
 from __future__ import annotations
 
 import contextlib
+import functools
 import logging
 from collections.abc import Callable
 from typing import Any
@@ -122,13 +125,27 @@ class DatabaseWrapper(base.DatabaseWrapper):
             # Raced with the monitor: do not wait on a server known to be dead.
             return self._connect_elsewhere(None)
         try:
-            return super().get_new_connection(conn_params)
+            connection = super().get_new_connection(conn_params)
         except psycopg.Error as exc:  # refused, reset, timed out, PoolTimeout, a conflict
             if classify(exc, None) is Fault.CONFLICT:
                 _count_conflict(self.alias)
             else:
                 _server_failed(self.alias, exc)
             return self._connect_elsewhere(exc)
+        if connection.broken:  # it failed the pool's health check: see _report_failed_checks
+            with contextlib.suppress(psycopg.Error):
+                connection.close()
+            return self._connect_elsewhere(None)
+        return connection
+
+    @property
+    def pool(self) -> Any:
+        pool = super().pool
+        if pool is not None and not hasattr(pool, "_replica_router_alias"):
+            pool._replica_router_alias = self.alias
+            if role_of(self.alias) is REPLICA:
+                _report_failed_checks(pool, self.alias)
+        return pool
 
     def _connect_elsewhere(self, error: BaseException | None) -> Any:
         """Connect to a stand-in: another replica in rotation, else per FALLBACK.
@@ -326,6 +343,35 @@ _MAX_RUNS = 3
 
 def _primary() -> str:
     return get_config().primary
+
+
+def _report_failed_checks(pool: Any, alias: str) -> None:
+    """Make a failed ``CONN_HEALTH_CHECKS`` check on a replica's pooled
+    connection take the replica out, instead of a wait for the pool timeout.
+
+    On a failed check, psycopg_pool discards the connection, checks the next
+    one (broken too when the server died), then waits for a new connection
+    until its timeout: every read of a dead replica would wait that long before
+    failing over. Here the first failed check whose error means the server is
+    gone reports it (which drops the pool, failing the other waiting threads
+    over at once) and hands the broken connection back to
+    ``get_new_connection``, which closes it and connects elsewhere.
+
+    Django passes psycopg_pool's own check; the pool keeps it in ``_check``,
+    which is not public: with another pool or check, nothing changes.
+    """
+    check: Callable[[Any], None] | None = getattr(type(pool), "check_connection", None)
+    if check is not None and check == getattr(pool, "_check", None):
+        pool._check = functools.partial(_check_or_report, check, alias)
+
+
+def _check_or_report(check: Callable[[Any], None], alias: str, connection: Any) -> None:
+    try:
+        check(connection)
+    except psycopg.Error as exc:
+        if classify(exc, connection) is not Fault.GONE:
+            raise
+        _server_failed(alias, exc)
 
 
 def _known_down(alias: str) -> bool:
