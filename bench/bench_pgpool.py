@@ -100,6 +100,10 @@ def _setup_django(pgpool: PgpoolServer) -> None:
     # override_settings(DATABASE_ROUTERS=...) resets django.db.router through
     # the receivers this module connects.
     import django.test.signals  # noqa: F401
+    from django.core.management import call_command
+
+    # The tables of the read cost and the stale reads, on a fresh cluster too.
+    call_command("migrate", verbosity=0)
 
 
 def _close_pools() -> None:
@@ -149,10 +153,8 @@ RYW_SETUPS = {
 
 
 def stale_reads(args: argparse.Namespace) -> dict[str, dict[str, float]]:
-    from django.core.management import call_command
     from django.db import close_old_connections
 
-    call_command("migrate", verbosity=0)
     CLUSTER.wait_replayed()
     results = {}
     for name in CLUSTER.replicas:
