@@ -270,7 +270,7 @@ class Cluster:
                 self._chown(bouncer.dir)
             bouncer.start(self._run)
             if self.is_up(name):
-                bouncer.wait_serving(user=SUPERUSER, dbname=DBNAME)
+                self._wait_serving(name, bouncer)
 
     # -- processes -----------------------------------------------------------
 
@@ -452,9 +452,9 @@ class Cluster:
     def start(self, name: str, *, timeout: float = 30.0) -> None:
         """Start a node (after ``kill`` or ``stop``); a running node is left alone.
 
-        With a PgBouncer in front of it, return once that serves again: after
-        failing to reach the node, PgBouncer refuses clients until it has
-        tried again (``server_login_retry``).
+        With a PgBouncer in front of it, return once that serves each database
+        again: after failing to reach the node, PgBouncer refuses the clients
+        of a database until it has tried again (``server_login_retry``).
         """
         self.port(name)
         if self.is_up(name):
@@ -462,7 +462,17 @@ class Cluster:
         self._start_server(name, timeout)
         bouncer = self.pgbouncers.get(name)
         if bouncer is not None and bouncer.is_up():
-            bouncer.wait_serving(user=SUPERUSER, dbname=DBNAME, timeout=timeout)
+            self._wait_serving(name, bouncer, timeout=timeout)
+
+    def _wait_serving(self, name: str, bouncer: PgBouncer, *, timeout: float = 30.0) -> None:
+        """Wait until ``bouncer`` reaches its node in every database (the test
+        database too: PgBouncer keeps a pool, and its failures, per database)."""
+        with self.connect(name, "postgres") as conn:
+            rows = conn.execute(
+                "SELECT datname FROM pg_database WHERE datallowconn AND NOT datistemplate"
+            ).fetchall()
+        for (dbname,) in rows:
+            bouncer.wait_serving(user=SUPERUSER, dbname=dbname, timeout=timeout)
 
     def _start_server(self, name: str, timeout: float) -> None:
         deadline = time.monotonic() + timeout

@@ -36,12 +36,13 @@ POOL_MODE: Final = "transaction"
 HOST: Final = "127.0.0.1"
 
 # What a deployment in transaction mode sets, apart from the addresses and
-# files. Left at PgBouncer's defaults on purpose: ignore_startup_parameters (so
-# that a client sending a start-up parameter PgBouncer does not pass on is
-# refused, as it would be in production) and server_check_delay.
-# server_login_retry is lowered from 15 s: after a node is restarted, a test
-# should not wait 15 s for PgBouncer to try it again (docs/pgbouncer.md says
-# what the default means in production).
+# files. ignore_startup_parameters is left at its default on purpose, so that a
+# client sending a start-up parameter PgBouncer does not pass on is refused as
+# it would be in production. Two settings differ from PgBouncer's defaults, as
+# docs/pgbouncer.md advises in front of the router: query_wait_timeout (120 s
+# by default), because a query queued for a server that died waits that long
+# before PgBouncer fails it; and server_login_retry (15 s), so that a node
+# restarted by a test serves through PgBouncer within a second.
 _SETTINGS: Final = """\
 pool_mode = {pool_mode}
 listen_addr = {host}
@@ -52,6 +53,7 @@ auth_file = {userlist}
 admin_users = {user}
 max_client_conn = 1000
 default_pool_size = 40
+query_wait_timeout = 2
 server_login_retry = 1
 logfile = {log}
 pidfile = {pid}
