@@ -134,9 +134,8 @@ def test_a_killed_node_leaves_its_pgbouncer_accepting_connections(own_cluster: C
     assert bouncer.is_up()
     # What a client of PgBouncer then gets: a connection, and an error from
     # PgBouncer (SQLSTATE 08P01) instead of rows.
-    with pytest.raises(psycopg.OperationalError) as failed:
-        with _session(own_cluster, "replica_1") as conn:
-            conn.execute("SELECT 1")
+    with pytest.raises(psycopg.OperationalError) as failed, _session(own_cluster, "replica_1") as c:
+        c.execute("SELECT 1")
     assert getattr(failed.value, "sqlstate", None) in {"08P01", None}
     assert _cli(own_cluster, "start", "replica_1").returncode == 0
     with _session(own_cluster, "replica_1") as conn:

@@ -409,10 +409,13 @@ def test_w008_a_pooled_alias_prepares_statements():
     ],
 )
 def test_w008_not_without_prepared_statements(options):
-    with pooling(True), databases(
-        default={**SAFE_BEHIND_POOLER, "OPTIONS": options},
-        replica_1={**SAFE_BEHIND_POOLER, "OPTIONS": options},
-        replica_2={**SAFE_BEHIND_POOLER, "OPTIONS": options},
+    with (
+        pooling(True),
+        databases(
+            default={**SAFE_BEHIND_POOLER, "OPTIONS": options},
+            replica_1={**SAFE_BEHIND_POOLER, "OPTIONS": options},
+            replica_2={**SAFE_BEHIND_POOLER, "OPTIONS": options},
+        ),
     ):
         assert check_transaction_pooling(None) == []
 
@@ -426,7 +429,8 @@ def test_w009_a_pooled_alias_assumes_a_role():
 
 def test_nothing_is_said_of_an_alias_not_declared_pooled():
     options = {"server_side_binding": True, "prepare_threshold": 5, "assume_role": "r"}
-    with pooling(["replica_2"]), databases(
-        replica_1={"OPTIONS": options}, replica_2=SAFE_BEHIND_POOLER
+    with (
+        pooling(["replica_2"]),
+        databases(replica_1={"OPTIONS": options}, replica_2=SAFE_BEHIND_POOLER),
     ):
         assert check_transaction_pooling(None) == []
