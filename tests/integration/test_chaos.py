@@ -149,8 +149,11 @@ def test_chaos_replica_killed_paused_and_restarted_under_read_load(
             replica_cluster.pause("replica_1")
             events["pause replica_1"] = time.perf_counter()
             time.sleep(5)
-            replica_cluster.start("replica_2")
+            # Taken before the start: with a PgBouncer in front of it, start()
+            # returns only once that serves again, by when the server may
+            # have served reads for a while.
             events["start replica_2"] = time.perf_counter()
+            replica_cluster.start("replica_2")
             deadline = time.perf_counter() + 10
             while not monitor.snapshot.node("replica_2").in_rotation:
                 assert time.perf_counter() < deadline, "replica_2 never came back"
