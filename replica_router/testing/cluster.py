@@ -546,10 +546,13 @@ class Cluster:
     def _orphans(self) -> list[int]:
         """Server processes and PgBouncers still running from this cluster's directory."""
         marker = str(self.dir).encode()
+        # By the program's name: a command naming the directory (this one's
+        # `down --dir /tmp/pgbouncer-test`, say) is no server.
+        servers = (b"postgres", b"postmaster", b"pgbouncer")
         return [
             pid
             for pid in processes_with(marker)
-            if any(name in cmdline(pid) for name in (b"postgres", b"postmaster", b"pgbouncer"))
+            if os.path.basename(cmdline(pid).split(b"\0", 1)[0]) in servers
         ]
 
     # -- replication ---------------------------------------------------------

@@ -1,17 +1,15 @@
-"""PgBouncer (transaction pooling) in front of the nodes: the cluster tool's
-instances, and what the health probes must not leave on PgBouncer's server
-connections.
+"""Through PgBouncer in transaction pooling mode: what the health probes must
+not leave on PgBouncer's server connections, and what breaks there that the
+system checks W007 and W008 warn of.
 
 The rest of the suite's PgBouncer coverage is the tests marked ``pgbouncer``,
-which ``make test`` runs a second time with every alias through PgBouncer.
+which ``make test`` runs a second time with every alias through PgBouncer; the
+cluster tool's PgBouncers are tested in test_cluster.py.
 """
 
 from __future__ import annotations
 
-import os
-import subprocess
-import sys
-import tempfile
+import contextlib
 from collections.abc import Iterator
 
 import psycopg
@@ -19,8 +17,6 @@ import pytest
 
 from replica_router.health.probe import ProbeConnections, _select
 from replica_router.testing.cluster import PRIMARY, Cluster
-from replica_router.testing.pgbouncer import PgBouncer
-from replica_router.testing.processes import process_alive
 
 
 @pytest.fixture
@@ -89,67 +85,67 @@ def test_probes_leave_no_prepared_statement_for_the_next_server_connection(
         probes.close()
 
 
-# -- the cluster tool's PgBouncers ---------------------------------------------------
+# -- what the system checks warn of ---------------------------------------------------
 
 
-@pytest.fixture
-def own_cluster() -> Iterator[Cluster]:
-    """A one-replica cluster behind PgBouncer that these tests may kill and tear down."""
-    cluster = Cluster(tempfile.mkdtemp(prefix="own-pgbouncer-"))
-    cluster.up(replicas=1, pgbouncer=True)
-    yield cluster
-    cluster.down()
+@contextlib.contextmanager
+def _holding(cluster: Cluster, node: str, pid: int) -> Iterator[None]:
+    """Hold the server session ``pid`` in another client's transaction, as any
+    client of PgBouncer may at any moment.
+
+    Afterwards the session's held cursors and prepared statements are dropped:
+    PgBouncer keeps the session after its client leaves, and the next client
+    to declare or prepare the same name there would get "already exists".
+    """
+    holders: list[psycopg.Connection] = []
+    try:
+        for _ in range(50):
+            holder = _session(cluster, node)
+            holders.append(holder)
+            holder.execute("BEGIN")
+            if holder.execute("SELECT pg_backend_pid()").fetchone() == (pid,):
+                try:
+                    yield
+                finally:
+                    holder.execute("CLOSE ALL")
+                    holder.execute("DEALLOCATE ALL")
+                    holder.execute("COMMIT")
+                return
+        raise AssertionError(f"no client of PgBouncer got the server session {pid}")
+    finally:
+        for holder in holders:
+            holder.close()
 
 
-def _cli(cluster: Cluster, *args: str) -> subprocess.CompletedProcess[str]:
-    return subprocess.run(
-        [sys.executable, "-m", "replica_router.testing.cluster", *args, "--dir", str(cluster.dir)],
-        capture_output=True,
-        text=True,
-        env={k: v for k, v in os.environ.items() if k != "REPLICA_ROUTER_CLUSTER_DIR"},
-    )
+def test_a_held_cursor_is_gone_once_another_client_has_its_session(bouncers: Cluster) -> None:
+    """W007: what QuerySet.iterator() does without DISABLE_SERVER_SIDE_CURSORS."""
+    with _session(bouncers, "replica_1") as conn:
+        # What psycopg sends for Django's named cursor in autocommit mode: WITH
+        # HOLD, so that the cursor outlives its transaction in the server session.
+        conn.execute(
+            "DECLARE _django_curs_w007 NO SCROLL CURSOR WITH HOLD FOR"
+            " SELECT n, pg_backend_pid() FROM generate_series(1, 100) AS n"
+        )
+        rows = conn.execute("FETCH FORWARD 10 FROM _django_curs_w007").fetchall()
+        assert len(rows) == 10
+        with (
+            _holding(bouncers, "replica_1", rows[0][1]),
+            pytest.raises(psycopg.errors.InvalidCursorName),
+        ):
+            conn.execute("FETCH FORWARD 10 FROM _django_curs_w007")
 
 
-def test_env_and_status_report_each_pgbouncer(own_cluster: Cluster) -> None:
-    env = dict(line.split("=", 1) for line in _cli(own_cluster, "env").stdout.splitlines())
-    primary = own_cluster.pgbouncer_port(PRIMARY)
-    replica = own_cluster.pgbouncer_port("replica_1")
-    assert env["PGBOUNCER_DATABASE_URL"] == f"postgres://postgres@127.0.0.1:{primary}/app"
-    assert env["PGBOUNCER_REPLICA_URLS"] == f"postgres://postgres@127.0.0.1:{replica}/app"
-    assert env["DATABASE_URL"].endswith(f":{own_cluster.port(PRIMARY)}/app")
-    status = _cli(own_cluster, "status").stdout
-    assert f"{replica} up" in status
-    # Transaction pooling: two transactions of one client, two server sessions
-    # (one held by another client meanwhile).
-    with _session(own_cluster, "replica_1") as first, _session(own_cluster, "replica_1") as other:
-        before = first.execute("SELECT pg_backend_pid()").fetchone()
-        with other.transaction():
-            assert other.execute("SELECT pg_backend_pid()").fetchone() == before
-            assert first.execute("SELECT pg_backend_pid()").fetchone() != before
-
-
-def test_a_killed_node_leaves_its_pgbouncer_accepting_connections(own_cluster: Cluster) -> None:
-    bouncer = own_cluster.pgbouncer("replica_1")
-    assert _cli(own_cluster, "kill", "replica_1").returncode == 0
-    assert bouncer.is_up()
-    # What a client of PgBouncer then gets: a connection, and an error from
-    # PgBouncer (SQLSTATE 08P01) instead of rows.
-    with pytest.raises(psycopg.OperationalError) as failed, _session(own_cluster, "replica_1") as c:
-        c.execute("SELECT 1")
-    assert getattr(failed.value, "sqlstate", None) in {"08P01", None}
-    assert _cli(own_cluster, "start", "replica_1").returncode == 0
-    with _session(own_cluster, "replica_1") as conn:
-        assert conn.execute("SELECT pg_is_in_recovery()").fetchone() == (True,)
-
-
-def test_down_stops_every_pgbouncer(own_cluster: Cluster) -> None:
-    pids = [bouncer.pid() for bouncer in own_cluster.pgbouncers.values()]
-    assert all(pids)
-    own_cluster.down()
-    assert not any(process_alive(pid) for pid in pids if pid is not None)
-    assert not own_cluster.dir.exists()
-
-
-def test_pgbouncer_needs_a_port_of_its_own() -> None:
-    with pytest.raises(ValueError, match="port of its own"):
-        PgBouncer("/tmp", "primary", port=5432, server_port=5432)
+def test_a_prepared_statement_is_gone_once_another_client_has_its_session(
+    bouncers: Cluster,
+) -> None:
+    """W008: server-side binding with a prepare_threshold."""
+    params = _through(bouncers, "replica_1")
+    with psycopg.connect(**params, autocommit=True, prepare_threshold=0) as conn:
+        query = "SELECT %s::int, pg_backend_pid()"
+        row = conn.execute(query, [1]).fetchone()  # prepared, in that server session
+        assert row is not None
+        with (
+            _holding(bouncers, "replica_1", row[1]),
+            pytest.raises(psycopg.errors.InvalidSqlStatementName),
+        ):
+            conn.execute(query, [2])
