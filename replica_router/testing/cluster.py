@@ -43,7 +43,7 @@ from typing import Any
 
 import psycopg
 
-from replica_router.testing.pgbouncer import PgBouncer, PgBouncerError
+from replica_router.testing.pgbouncer import WAIT_APPLICATION_NAME, PgBouncer, PgBouncerError
 from replica_router.testing.processes import (
     children,
     cmdline,
@@ -473,6 +473,13 @@ class Cluster:
             ).fetchall()
         for (dbname,) in rows:
             bouncer.wait_serving(user=SUPERUSER, dbname=dbname, timeout=timeout)
+        # PgBouncer keeps the server sessions these checks opened; one in a test
+        # database would make its DROP DATABASE fail at the end of a test run.
+        self.query(
+            name,
+            "SELECT pg_terminate_backend(pid) FROM pg_stat_activity WHERE application_name = %s",
+            [WAIT_APPLICATION_NAME],
+        )
 
     def _start_server(self, name: str, timeout: float) -> None:
         deadline = time.monotonic() + timeout

@@ -30,10 +30,12 @@ import psycopg
 
 from replica_router.testing.processes import cmdline, process_alive
 
-__all__ = ["POOL_MODE", "PgBouncer", "PgBouncerError", "find_pgbouncer"]
+__all__ = ["POOL_MODE", "WAIT_APPLICATION_NAME", "PgBouncer", "PgBouncerError", "find_pgbouncer"]
 
 POOL_MODE: Final = "transaction"
 HOST: Final = "127.0.0.1"
+#: The application_name of wait_serving's connections.
+WAIT_APPLICATION_NAME: Final = "replica_router pgbouncer wait"
 
 # What a deployment in transaction mode sets, apart from the addresses and
 # files. ignore_startup_parameters is left at its default on purpose, so that a
@@ -152,8 +154,15 @@ class PgBouncer:
             time.sleep(0.02)
 
     def wait_serving(self, *, user: str, dbname: str, timeout: float = 30.0) -> None:
-        """Return once a query through it reaches its server."""
-        conninfo = f"host={HOST} port={self.port} user={user} dbname={dbname} connect_timeout=2"
+        """Return once a query through it reaches its server.
+
+        The server session it used stays in PgBouncer's pool, named
+        :data:`WAIT_APPLICATION_NAME` (PgBouncer passes the name on).
+        """
+        conninfo = (
+            f"host={HOST} port={self.port} user={user} dbname={dbname} connect_timeout=2 "
+            f"application_name='{WAIT_APPLICATION_NAME}'"
+        )
         deadline = time.monotonic() + timeout
         while True:
             try:
