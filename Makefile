@@ -34,13 +34,19 @@ $(VENV)/.installed: pyproject.toml
 needs-%:
 	@tools/require-packages "make $(MAKECMDGOALS)" $(subst +, ,$*)
 
-# The library's suite against a real cluster (brought up, or reused from
-# `make cluster-up`, and removed if created here), then its branch coverage of
-# replica_router/ (failing under the floor in pyproject.toml), then the sample
-# site's suite. Stops at the first of these that fails.
-test: needs-postgresql+chromium+redis install
+# The library's suite against a real cluster (brought up with a PgBouncer in
+# front of each node, or reused from `make cluster-up`, and removed if created
+# here); then the tests marked `pgbouncer` again, through the PgBouncers
+# (tests/settings.py); then the branch coverage of replica_router/ over both
+# (failing under the floor in pyproject.toml), then the sample site's suite.
+# Stops at the first of these that fails.
+PGBOUNCER_PASS := REPLICA_ROUTER_TEST_PGBOUNCER=1 $(BIN)/coverage run -m pytest -m pgbouncer tests/integration
+test: needs-postgresql+chromium+redis+pgbouncer install
 	$(BIN)/coverage erase
-	$(CLUSTER) run --dir $(CLUSTER_DIR) --replicas $(REPLICAS) -- $(BIN)/coverage run -m pytest $(PYTEST_ARGS)
+	$(CLUSTER) run --dir $(CLUSTER_DIR) --replicas $(REPLICAS) --pgbouncer -- sh -c '\
+		$(BIN)/coverage run -m pytest $(PYTEST_ARGS) && \
+		echo "again through PgBouncer (transaction pooling), the tests marked pgbouncer:" && \
+		$(PGBOUNCER_PASS) $(PYTEST_ARGS)'
 	$(BIN)/coverage combine --quiet
 	$(BIN)/coverage report
 	$(MAKE) test-sample
@@ -60,9 +66,10 @@ format: install
 	$(BIN)/ruff check --fix .
 	$(BIN)/ruff format .
 
-# Python 3.11 + Django 5.2, 3.12 + Django 6.1, 3.13 + Django 6.0, one cluster for all.
-test-matrix: needs-postgresql+redis install
-	$(CLUSTER) run --dir $(CLUSTER_DIR) --replicas $(REPLICAS) -- $(BIN)/nox $(NOX_ARGS)
+# Python 3.11 + Django 5.2, 3.12 + Django 6.1, 3.13 + Django 6.0, one cluster for
+# all; each session runs the PgBouncer pass too (noxfile.py).
+test-matrix: needs-postgresql+redis+pgbouncer install
+	$(CLUSTER) run --dir $(CLUSTER_DIR) --replicas $(REPLICAS) --pgbouncer -- $(BIN)/nox $(NOX_ARGS)
 
 cluster-up: needs-postgresql install
 	$(CLUSTER) up --dir $(CLUSTER_DIR) --replicas $(REPLICAS)

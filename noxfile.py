@@ -39,3 +39,13 @@ def tests(session: nox.Session, django: str) -> None:
     session.install(f"django~={django}.0")
     session.run("python", "-c", "import django, sys; print(sys.version, django.__version__)")
     session.run("pytest", *session.posargs)
+    # The tests marked pgbouncer again, through the PgBouncer in front of each
+    # node (make test-matrix brings the cluster up with --pgbouncer).
+    session.run(
+        "pytest",
+        "-m",
+        "pgbouncer",
+        "tests/integration",
+        *session.posargs,
+        env={"REPLICA_ROUTER_TEST_PGBOUNCER": "1"},
+    )

@@ -31,6 +31,7 @@ __all__ = [
     "check_primary_only",
     "check_router_installed",
     "check_settings",
+    "check_transaction_pooling",
 ]
 
 TAG: Final = "replica_router"
@@ -347,11 +348,78 @@ def check_primary_only(
     return messages
 
 
+@_never_raise
+def check_transaction_pooling(
+    app_configs: Iterable[Any] | None = None, **kwargs: Any
+) -> list[CheckMessage]:
+    """W007, W008, W009: settings that break behind a transaction pooler, on the
+    aliases ``TRANSACTION_POOLING`` declares to be behind one.
+
+    Nothing in DATABASES tells a PgBouncer from a server, so only declared
+    aliases are looked at.
+    """
+    config = _config()
+    routed = [config.primary, *config.replicas]
+    declared = config.transaction_pooling
+    pooled = routed if declared is True else [a for a in routed if declared and a in declared]
+    databases = _databases()
+    messages: list[CheckMessage] = []
+    for alias in pooled:
+        conf = databases.get(alias)
+        if conf is not None:
+            messages += _pooling_problems(alias, conf)
+    return messages
+
+
+def _pooling_problems(alias: str, conf: Mapping[Any, Any]) -> list[CheckMessage]:
+    messages: list[CheckMessage] = []
+    options = conf.get("OPTIONS")
+    options = options if isinstance(options, Mapping) else {}
+    if conf.get("DISABLE_SERVER_SIDE_CURSORS") is not True:
+        messages.append(
+            Warning(
+                f"DATABASES[{alias!r}] is behind a transaction pooler but does not set "
+                "DISABLE_SERVER_SIDE_CURSORS: QuerySet.iterator() declares a cursor in one "
+                "server session and may fetch from another, where it does not exist.",
+                hint=f"Set DATABASES[{alias!r}]['DISABLE_SERVER_SIDE_CURSORS'] = True.",
+                id="replica_router.W007",
+            )
+        )
+    if options.get("server_side_binding") is True and options.get("prepare_threshold") is not None:
+        messages.append(
+            Warning(
+                f"DATABASES[{alias!r}] is behind a transaction pooler with server-side "
+                f"binding and prepare_threshold {options['prepare_threshold']!r}: psycopg "
+                "prepares statements in one server session and runs them in another "
+                '("prepared statement "_pg3_0" does not exist").',
+                hint="Remove OPTIONS['prepare_threshold'] (Django then prepares nothing), "
+                "unless the pooler keeps prepared statements itself (PgBouncer 1.21+ "
+                "with max_prepared_statements): then silence this warning.",
+                id="replica_router.W008",
+            )
+        )
+    if options.get("assume_role"):
+        messages.append(
+            Warning(
+                f"DATABASES[{alias!r}] is behind a transaction pooler and sets "
+                f"OPTIONS['assume_role'] {options['assume_role']!r}: the SET ROLE that "
+                "Django runs when it connects stays on one server session, which other "
+                "clients then get, while this connection's later transactions may run "
+                "in sessions without it.",
+                hint="Connect as that role instead (USER), or give it a PgBouncer "
+                "database of its own (a user= in PgBouncer's [databases]).",
+                id="replica_router.W009",
+            )
+        )
+    return messages
+
+
 ALL_CHECKS: Final[tuple[_Check, ...]] = (
     check_settings,
     check_health_sharing,
     check_lag_promise,
     check_databases,
+    check_transaction_pooling,
     check_router_installed,
     check_primary_only,
 )

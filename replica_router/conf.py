@@ -66,6 +66,7 @@ DEFAULTS: Final[Mapping[str, object]] = MappingProxyType(
         "PIN_SECONDS": 5.0,
         "COOKIE_NAME": "replica_router",
         "METRICS": "auto",
+        "TRANSACTION_POOLING": (),
     }
 )
 
@@ -125,6 +126,10 @@ class RouterConfig:
     #: Whether to count for Prometheus; ``"auto"`` is resolved to whether
     #: prometheus-client is installed.
     metrics: bool
+    #: The aliases behind a transaction-pooling PgBouncer (or another such
+    #: pooler), as the settings declare; True for every alias the router uses.
+    #: Only the system checks read it.
+    transaction_pooling: bool | frozenset[str]
 
 
 class ConfigProblem(NamedTuple):
@@ -281,6 +286,23 @@ def _parse_metrics(name: str, value: object) -> bool:
     return value
 
 
+def _parse_transaction_pooling(name: str, value: object) -> bool | frozenset[str]:
+    if isinstance(value, bool):
+        return value
+    if (
+        isinstance(value, str)
+        or not isinstance(value, list | tuple | set | frozenset)
+        or not all(_is_alias(alias) for alias in value)
+    ):
+        raise _bad_value(
+            name,
+            value,
+            "True, False or a list of database aliases",
+            hint="For example ['default', 'replica_1'], or True for every alias the router uses.",
+        )
+    return frozenset(value)
+
+
 _PARSERS: Final[Mapping[str, Callable[[str, object], object]]] = MappingProxyType(
     {
         "PRIMARY": _parse_alias,
@@ -289,6 +311,7 @@ _PARSERS: Final[Mapping[str, Callable[[str, object], object]]] = MappingProxyTyp
         "PRIMARY_ONLY": _parse_primary_only,
         "COOKIE_NAME": _parse_cookie_name,
         "METRICS": _parse_metrics,
+        "TRANSACTION_POOLING": _parse_transaction_pooling,
     }
 )
 

@@ -5,6 +5,12 @@ named by REPLICA_ROUTER_CLUSTER_DIR, which ``make test`` (through ``python -m
 replica_router.testing.cluster run``) sets. ``tests/unit`` needs no server: without
 that variable the aliases point at a port where nothing listens, and a unit test
 that tried to connect would fail.
+
+With REPLICA_ROUTER_TEST_PGBOUNCER=1 every alias goes through the PgBouncer
+(transaction pooling) in front of its node instead, set up as docs/pgbouncer.md
+advises: ``make test`` runs the tests marked ``pgbouncer`` a second time that
+way, on a cluster brought up with ``--pgbouncer``. Faults (kill, pause, freeze)
+still act on the nodes, behind PgBouncer.
 """
 
 from __future__ import annotations
@@ -16,15 +22,26 @@ from replica_router.testing.cluster import Cluster
 _cluster_dir = os.environ.get("REPLICA_ROUTER_CLUSTER_DIR")
 CLUSTER = Cluster(_cluster_dir) if _cluster_dir else None
 REPLICA_NAMES = CLUSTER.replicas if CLUSTER is not None else ["replica_1", "replica_2"]
+VIA_PGBOUNCER = os.environ.get("REPLICA_ROUTER_TEST_PGBOUNCER") == "1"
 # Port 9 (discard) on loopback: nothing of ours listens there.
 _NO_SERVER_PORT = 9
 
 
+def _port(node: str) -> int:
+    if CLUSTER is None:
+        return _NO_SERVER_PORT
+    return CLUSTER.pgbouncer_port(node) if VIA_PGBOUNCER else CLUSTER.port(node)
+
+
 def _alias(node: str, **extra: object) -> dict[str, object]:
+    if VIA_PGBOUNCER:
+        # iterator()'s server-side cursor would be declared in one server
+        # session and fetched from in another (check W007, Django's own advice).
+        extra.setdefault("DISABLE_SERVER_SIDE_CURSORS", True)
     return {
         "ENGINE": "replica_router.backends.postgresql",
         "HOST": "127.0.0.1",
-        "PORT": CLUSTER.port(node) if CLUSTER is not None else _NO_SERVER_PORT,
+        "PORT": _port(node),
         "NAME": "app",
         "USER": "postgres",
         # Loopback trust auth ignores it; it is here so that tests can prove a
@@ -46,6 +63,7 @@ DATABASE_ROUTERS = ["replica_router.ReplicaRouter"]
 REPLICA_ROUTER = {
     "PRIMARY": "default",
     "REPLICAS": dict.fromkeys(REPLICA_NAMES, 1),
+    "TRANSACTION_POOLING": VIA_PGBOUNCER,
 }
 
 SECRET_KEY = "tests-only-not-secret"

@@ -2,6 +2,13 @@
 
 psycopg only, no Django: the monitor hands in each alias's connection keywords.
 A probe never raises; whatever goes wrong becomes a failed :class:`Probe`.
+
+A probe keeps no state in its session, so that it works through PgBouncer in
+transaction pooling mode, where each transaction of a client connection may
+run on another server connection: its statement timeout is set with ``SET
+LOCAL`` in each statement's own transaction (PgBouncer refuses the ``options``
+start-up parameter, and a session ``SET`` would stay on a server connection
+that other clients then get), and nothing is prepared server-side.
 """
 
 from __future__ import annotations
@@ -87,7 +94,7 @@ class ProbeConnections:
         kept = self._take(alias, wanted)
         if kept is not None:
             try:
-                result = _measure(kept, started)
+                result = _measure(kept, started, timeout)
             except (psycopg.Error, OSError):
                 kept.close()  # broken, or killed by the server: try a new one
             else:
@@ -98,7 +105,7 @@ class ProbeConnections:
         except (psycopg.Error, OSError) as exc:
             return Probe(ok=False, error=first_line(exc), rtt=time.perf_counter() - started)
         try:
-            result = _measure(conn, started)
+            result = _measure(conn, started, timeout)
         except (psycopg.Error, OSError) as exc:
             conn.close()
             return Probe(ok=False, error=first_line(exc), rtt=time.perf_counter() - started)
@@ -169,24 +176,41 @@ def _connect(params: Mapping[str, Any], timeout: float) -> psycopg.Connection[An
     kwargs = dict(params)
     kwargs["autocommit"] = True
     kwargs.setdefault("connect_timeout", max(2, math.ceil(timeout)))
-    statement_timeout = f"-c statement_timeout={max(1, int(timeout * 1000))}"
-    kwargs["options"] = f"{kwargs.get('options', '')} {statement_timeout}".strip()
+    # psycopg prepares a query it has run five times; behind a transaction
+    # pooler the next run may land on a server connection that never saw it
+    # ("prepared statement "_pg3_0" does not exist"). The probe's queries go
+    # as simple queries (see _select), which are never prepared; this keeps
+    # it so if one ever takes parameters.
+    kwargs["prepare_threshold"] = None
     kwargs.setdefault("application_name", APPLICATION_NAME)
     return psycopg.connect(**kwargs)
 
 
-def _measure(conn: psycopg.Connection[Any], started: float) -> Probe:
+def _select(conn: psycopg.Connection[Any], sql: str, timeout: float) -> psycopg.Cursor[Any]:
+    """Run a SELECT with ``timeout`` as its statement timeout; the cursor is on its rows.
+
+    One round trip: the two statements of a simple query run as one implicit
+    transaction, which SET LOCAL lasts for, so the timeout is gone when the
+    server connection goes back to a transaction pooler.
+    """
+    milliseconds = max(1, int(timeout * 1000))
+    cursor = conn.execute(f"SET LOCAL statement_timeout = {milliseconds}; {sql}")
+    cursor.nextset()
+    return cursor
+
+
+def _measure(conn: psycopg.Connection[Any], started: float, timeout: float) -> Probe:
     """Ask a node where it is; raises psycopg.Error if the connection fails."""
-    row = conn.execute(_NODE_SQL).fetchone()
+    row = _select(conn, _NODE_SQL, timeout).fetchone()
     assert row is not None
     if row[0] and not row[5] and None not in row[2:4] and row[3] < row[2]:
         time.sleep(RECHECK_DELAY)
-        row = conn.execute(_NODE_SQL).fetchone()
+        row = _select(conn, _NODE_SQL, timeout).fetchone()
         assert row is not None
     in_recovery, current, receive, replay, age, paused, conflicts = row
     system_identifier = streaming = None
     try:
-        extra = conn.execute(_PRIVILEGED_SQL).fetchone()
+        extra = _select(conn, _PRIVILEGED_SQL, timeout).fetchone()
     except psycopg.errors.InsufficientPrivilege:
         pass
     else:
@@ -196,7 +220,7 @@ def _measure(conn: psycopg.Connection[Any], started: float) -> Probe:
     lags: dict[str, float] = {}
     if not in_recovery:
         with _suppress_privileges():
-            lags = dict(conn.execute(_REPLICATION_SQL).fetchall())
+            lags = dict(_select(conn, _REPLICATION_SQL, timeout).fetchall())
     return Probe(
         ok=True,
         rtt=time.perf_counter() - started,

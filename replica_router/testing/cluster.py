@@ -10,14 +10,16 @@ Used as a library::
 
 and as a command::
 
-    python -m replica_router.testing.cluster up --dir .cluster --replicas 2
+    python -m replica_router.testing.cluster up --dir .cluster --replicas 2 [--pgbouncer]
     python -m replica_router.testing.cluster env --dir .cluster
     python -m replica_router.testing.cluster run --dir .cluster -- pytest
 
 Every server listens on 127.0.0.1 only, on ports picked free at creation and
 recorded in ``DIR/cluster.json``; loopback connections are trusted, nothing else
 is accepted. When run as root the servers run as the ``postgres`` account,
-because PostgreSQL refuses to run as root.
+because PostgreSQL refuses to run as root. With ``pgbouncer=True`` (``up
+--pgbouncer``) a PgBouncer in transaction pooling mode runs in front of each
+node as well (:mod:`replica_router.testing.pgbouncer`).
 """
 
 from __future__ import annotations
@@ -30,7 +32,6 @@ import os
 import pwd
 import shutil
 import signal
-import socket
 import stat
 import subprocess
 import sys
@@ -41,6 +42,16 @@ from pathlib import Path
 from typing import Any
 
 import psycopg
+
+from replica_router.testing.pgbouncer import WAIT_APPLICATION_NAME, PgBouncer, PgBouncerError
+from replica_router.testing.processes import (
+    children,
+    cmdline,
+    free_port,
+    process_alive,
+    process_state,
+    processes_with,
+)
 
 PRIMARY = "primary"
 STATE_FILE = "cluster.json"
@@ -87,6 +98,9 @@ class NodeStatus:
     pid: int | None
     up: bool
     lsn: str | None
+    #: The port of the PgBouncer in front of the node, if the cluster has them.
+    pgbouncer_port: int | None = None
+    pgbouncer_up: bool | None = None
 
 
 def find_bindir() -> Path:
@@ -122,58 +136,6 @@ def find_bindir() -> Path:
         "  macOS:         brew install postgresql@16\n"
         "or point PG_BINDIR at the directory that holds initdb."
     )
-
-
-def _children(pid: int) -> list[int]:
-    """Direct children of ``pid`` (Linux /proc; empty elsewhere)."""
-    found = []
-    for proc in Path("/proc").glob("[0-9]*"):
-        try:
-            stat_fields = (proc / "stat").read_text().rsplit(")", 1)[1].split()
-        except OSError:
-            continue
-        if int(stat_fields[1]) == pid:
-            found.append(int(proc.name))
-    return found
-
-
-def _process_state(pid: int) -> str | None:
-    """The state letter of ``pid`` (R, S, T for stopped, Z for zombie...). Linux /proc."""
-    try:
-        return Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0]
-    except OSError:
-        return None
-
-
-def process_alive(pid: int) -> bool:
-    """Whether ``pid`` is a running process (not a zombie). Linux /proc."""
-    state = _process_state(pid)
-    return state is not None and state != "Z"
-
-
-def _cmdline(pid: int) -> bytes:
-    try:
-        return Path(f"/proc/{pid}/cmdline").read_bytes()
-    except OSError:
-        return b""
-
-
-def processes_with(*markers: bytes) -> list[int]:
-    """Pids of processes whose command line contains every marker. Linux /proc."""
-    found = []
-    for proc in Path("/proc").iterdir():
-        if proc.name.isdigit():
-            cmdline = _cmdline(int(proc.name))
-            if cmdline and all(marker in cmdline for marker in markers):
-                found.append(int(proc.name))
-    return found
-
-
-def _free_port() -> int:
-    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
-        s.bind(("127.0.0.1", 0))
-        port: int = s.getsockname()[1]
-        return port
 
 
 class Cluster:
@@ -245,12 +207,70 @@ class Cluster:
         )
 
     def env(self) -> dict[str, str]:
-        """The environment variables a Django settings module reads to use this cluster."""
-        return {
+        """The environment variables a Django settings module reads to use this cluster.
+
+        With PgBouncers, ``PGBOUNCER_DATABASE_URL`` and ``PGBOUNCER_REPLICA_URLS``
+        name the same nodes through them.
+        """
+        env = {
             "DATABASE_URL": self.url(PRIMARY),
             "REPLICA_URLS": ",".join(self.url(name) for name in self.replicas),
             "REPLICA_ROUTER_CLUSTER_DIR": str(self.dir),
         }
+        bouncers = self.pgbouncers
+        if bouncers:
+            env["PGBOUNCER_DATABASE_URL"] = self.pgbouncer_url(PRIMARY)
+            env["PGBOUNCER_REPLICA_URLS"] = ",".join(
+                self.pgbouncer_url(name) for name in self.replicas
+            )
+        return env
+
+    # -- PgBouncer -----------------------------------------------------------
+
+    @property
+    def pgbouncers(self) -> dict[str, PgBouncer]:
+        """The PgBouncer in front of each node, by node name (empty without them)."""
+        ports: dict[str, int] = self._state().get("pgbouncer", {})
+        return {
+            name: PgBouncer(self.dir / "pgbouncer", name, port=port, server_port=self.port(name))
+            for name, port in ports.items()
+        }
+
+    def pgbouncer(self, name: str) -> PgBouncer:
+        self.port(name)
+        try:
+            return self.pgbouncers[name]
+        except KeyError:
+            raise ClusterError(
+                f"No PgBouncer in front of {name}: bring the cluster up with --pgbouncer."
+            ) from None
+
+    def pgbouncer_port(self, name: str) -> int:
+        return self.pgbouncer(name).port
+
+    def pgbouncer_url(self, name: str, dbname: str = DBNAME) -> str:
+        return self.pgbouncer(name).url(user=SUPERUSER, dbname=dbname)
+
+    def start_pgbouncers(self) -> None:
+        """Put a PgBouncer in front of each node that has none; start any that is down.
+
+        A PgBouncer is left running when its node is killed or stopped, as in a
+        deployment where the node's host, not PgBouncer's, fails.
+        """
+        state = self._state()
+        ports: dict[str, int] = state.setdefault("pgbouncer", {})
+        added = [name for name in self.nodes if name not in ports]
+        for name in added:
+            ports[name] = free_port()
+        if added:
+            self._save_state(state)
+        for name, bouncer in self.pgbouncers.items():
+            if name in added or not bouncer.config_path.exists():
+                bouncer.write_config(user=SUPERUSER)
+                self._chown(bouncer.dir)
+            bouncer.start(self._run)
+            if self.is_up(name):
+                self._wait_serving(name, bouncer)
 
     # -- processes -----------------------------------------------------------
 
@@ -305,7 +325,7 @@ class Cluster:
             return None
         if b"postgres" not in cmdline and b"postmaster" not in cmdline:
             return None
-        if _process_state(pid) == "Z":
+        if process_state(pid) == "Z":
             return None
         return pid
 
@@ -314,32 +334,43 @@ class Cluster:
 
     # -- lifecycle -----------------------------------------------------------
 
-    def up(self, replicas: int = 2, *, timeout: float = 60.0) -> bool:
+    def up(self, replicas: int = 2, *, pgbouncer: bool = False, timeout: float = 60.0) -> bool:
         """Create and start the cluster; return False if it was already running.
 
-        On an existing cluster, nodes that are down are started again.
+        On an existing cluster, nodes and PgBouncers that are down are started
+        again. ``pgbouncer=True`` puts a PgBouncer in front of each node (on an
+        existing cluster too).
         """
         if replicas < 0:
             raise ValueError(f"replicas must be >= 0, got {replicas}")
         if self.exists():
-            if all(self.is_up(n) for n in self.nodes):
+            bouncers = self.pgbouncers
+            if (
+                all(self.is_up(n) for n in self.nodes)
+                and all(b.is_up() for b in bouncers.values())
+                and (bouncers or not pgbouncer)
+            ):
                 return False
             for name in self.nodes:
                 if not self.is_up(name):
                     self.start(name)
             self.wait_streaming(timeout=timeout)
+            if bouncers or pgbouncer:
+                self.start_pgbouncers()
             return True
         self.bindir  # noqa: B018 - fail early with the install hint
         self._check_reachable()
         self.dir.mkdir(parents=True, exist_ok=True)
         names = [PRIMARY] + [f"replica_{i}" for i in range(1, replicas + 1)]
-        self._save_state({"ports": {name: _free_port() for name in names}})
+        self._save_state({"ports": {name: free_port() for name in names}})
         self._chown(self.dir)
         try:
             self._create_primary()
             for name in names[1:]:
                 self._create_replica(name)
             self.wait_streaming(timeout=timeout)
+            if pgbouncer:
+                self.start_pgbouncers()
         except BaseException:
             self.down()
             raise
@@ -419,10 +450,38 @@ class Cluster:
         self.start(name)
 
     def start(self, name: str, *, timeout: float = 30.0) -> None:
-        """Start a node (after ``kill`` or ``stop``); a running node is left alone."""
+        """Start a node (after ``kill`` or ``stop``); a running node is left alone.
+
+        With a PgBouncer in front of it, return once that serves each database
+        again: after failing to reach the node, PgBouncer refuses the clients
+        of a database until it has tried again (``server_login_retry``).
+        """
         self.port(name)
         if self.is_up(name):
             return
+        self._start_server(name, timeout)
+        bouncer = self.pgbouncers.get(name)
+        if bouncer is not None and bouncer.is_up():
+            self._wait_serving(name, bouncer, timeout=timeout)
+
+    def _wait_serving(self, name: str, bouncer: PgBouncer, *, timeout: float = 30.0) -> None:
+        """Wait until ``bouncer`` reaches its node in every database (the test
+        database too: PgBouncer keeps a pool, and its failures, per database)."""
+        with self.connect(name, "postgres") as conn:
+            rows = conn.execute(
+                "SELECT datname FROM pg_database WHERE datallowconn AND NOT datistemplate"
+            ).fetchall()
+        for (dbname,) in rows:
+            bouncer.wait_serving(user=SUPERUSER, dbname=dbname, timeout=timeout)
+        # PgBouncer keeps the server sessions these checks opened; one in a test
+        # database would make its DROP DATABASE fail at the end of a test run.
+        self.query(
+            name,
+            "SELECT pg_terminate_backend(pid) FROM pg_stat_activity WHERE application_name = %s",
+            [WAIT_APPLICATION_NAME],
+        )
+
+    def _start_server(self, name: str, timeout: float) -> None:
         deadline = time.monotonic() + timeout
         while True:
             result = self._run(
@@ -469,7 +528,7 @@ class Cluster:
             raise ClusterError(f"{name} is not running")
         # The whole host goes: the postmaster and every backend, so that open
         # client connections break at once instead of lingering for a moment.
-        victims = [pid, *_children(pid)]
+        victims = [pid, *children(pid)]
         for victim in victims:
             with contextlib.suppress(ProcessLookupError):
                 os.kill(victim, signal.SIGKILL)
@@ -478,8 +537,11 @@ class Cluster:
             time.sleep(0.01)
 
     def down(self) -> None:
-        """Stop every node, frozen ones included, and remove the cluster's directory."""
+        """Stop every node and PgBouncer, frozen nodes included, and remove the
+        cluster's directory."""
         if self.exists():
+            for bouncer in self.pgbouncers.values():
+                bouncer.stop()
             for name in self.nodes:
                 with contextlib.suppress(ClusterError):
                     self.stop(name, mode="immediate")
@@ -489,12 +551,15 @@ class Cluster:
         shutil.rmtree(self.dir, ignore_errors=True)
 
     def _orphans(self) -> list[int]:
-        """Server processes still running from this cluster's data directories."""
+        """Server processes and PgBouncers still running from this cluster's directory."""
         marker = str(self.dir).encode()
+        # By the program's name: a command naming the directory (this one's
+        # `down --dir /tmp/pgbouncer-test`, say) is no server.
+        servers = (b"postgres", b"postmaster", b"pgbouncer")
         return [
             pid
             for pid in processes_with(marker)
-            if any(name in _cmdline(pid) for name in (b"postgres", b"postmaster"))
+            if os.path.basename(cmdline(pid).split(b"\0", 1)[0]) in servers
         ]
 
     # -- replication ---------------------------------------------------------
@@ -601,7 +666,7 @@ class Cluster:
         pid = self.pid(name)
         if pid is None:
             raise ClusterError(f"{name} is not running")
-        return [pid, *_children(pid)]
+        return [pid, *children(pid)]
 
     def freeze(self, name: str) -> None:
         """SIGSTOP a node's postmaster and every backend: a hung host.
@@ -623,7 +688,7 @@ class Cluster:
 
     def is_frozen(self, name: str) -> bool:
         pid = self.pid(name)
-        return pid is not None and _process_state(pid) == "T"
+        return pid is not None and process_state(pid) == "T"
 
     @contextlib.contextmanager
     def frozen(self, name: str) -> Iterator[None]:
@@ -712,6 +777,7 @@ class Cluster:
 
     def status(self) -> list[NodeStatus]:
         rows = []
+        bouncers = self.pgbouncers
         for name in self.nodes:
             pid = self.pid(name)
             lsn = None
@@ -726,7 +792,11 @@ class Cluster:
                     assert row is not None
                     role = "replica" if row[0] else "primary"
                     lsn = str(row[1])
-            rows.append(NodeStatus(name, role, self.port(name), pid, pid is not None, lsn))
+            row_status = NodeStatus(name, role, self.port(name), pid, pid is not None, lsn)
+            if name in bouncers:
+                row_status.pgbouncer_port = bouncers[name].port
+                row_status.pgbouncer_up = bouncers[name].is_up()
+            rows.append(row_status)
         return rows
 
 
@@ -734,11 +804,18 @@ class Cluster:
 
 
 def _print_status(cluster: Cluster) -> None:
-    print(f"{'node':<12}{'role':<9}{'port':<7}{'pid':<9}{'state':<7}replay LSN")
-    for s in cluster.status():
+    rows = cluster.status()
+    # The PgBouncer column only for a cluster that has them.
+    bouncers = any(s.pgbouncer_port is not None for s in rows)
+    pgbouncer = f"{'pgbouncer':<16}" if bouncers else ""
+    print(f"{'node':<12}{'role':<9}{'port':<7}{'pid':<9}{'state':<7}{pgbouncer}replay LSN")
+    for s in rows:
+        if bouncers:
+            pgbouncer = f"{s.pgbouncer_port} {'up' if s.pgbouncer_up else 'down'}"
+            pgbouncer = f"{pgbouncer:<16}"
         print(
             f"{s.name:<12}{s.role:<9}{s.port:<7}{s.pid or '-'!s:<9}"
-            f"{'up' if s.up else 'down':<7}{s.lsn or '-'}"
+            f"{'up' if s.up else 'down':<7}{pgbouncer}{s.lsn or '-'}"
         )
 
 
@@ -753,6 +830,9 @@ _NODE_COMMANDS: dict[str, tuple[str, Callable[[Cluster, str], None]]] = {
     "promote": ("promote a replica to a primary of its own", Cluster.promote),
     "rebuild": ("clone a replica from the primary again", Cluster.rebuild),
 }
+
+
+_PGBOUNCER_HELP = "also start a PgBouncer (transaction pooling) in front of each node"
 
 
 def _parser() -> argparse.ArgumentParser:
@@ -775,10 +855,11 @@ def _parser() -> argparse.ArgumentParser:
 
     up = command("up", "create and start the cluster (idempotent)")
     up.add_argument("--replicas", type=int, default=2)
+    up.add_argument("--pgbouncer", action="store_true", help=_PGBOUNCER_HELP)
     command("down", "stop every node and remove the directory")
     status = command("status", "role, port, pid, up/down and replay LSN per node")
     status.add_argument("--json", action="store_true")
-    command("env", "print DATABASE_URL and REPLICA_URLS")
+    command("env", "print DATABASE_URL and REPLICA_URLS (and the PgBouncer URLs)")
     for name, (text, _) in _NODE_COMMANDS.items():
         command(name, text).add_argument("name")
     conflicts = command("conflicts", "make a replica cancel queries on recovery conflicts")
@@ -790,13 +871,14 @@ def _parser() -> argparse.ArgumentParser:
     command("stop-primary", "stop the primary (fast shutdown)")
     run = command("run", "bring the cluster up, run a command with its env, tear it down")
     run.add_argument("--replicas", type=int, default=2)
+    run.add_argument("--pgbouncer", action="store_true", help=_PGBOUNCER_HELP)
     run.add_argument("argv", nargs=argparse.REMAINDER)
     return parser
 
 
 def _up(cluster: Cluster, args: argparse.Namespace) -> int:
     started = time.monotonic()
-    if cluster.up(args.replicas):
+    if cluster.up(args.replicas, pgbouncer=args.pgbouncer):
         print(
             f"cluster up in {cluster.dir} "
             f"({len(cluster.replicas)} replicas, {time.monotonic() - started:.1f}s)"
@@ -849,7 +931,7 @@ def _on_node(cluster: Cluster, args: argparse.Namespace) -> int:
 
 
 def _run(cluster: Cluster, args: argparse.Namespace) -> int:
-    return _run_with_cluster(cluster, args.replicas, args.argv)
+    return _run_with_cluster(cluster, args.replicas, args.argv, pgbouncer=args.pgbouncer)
 
 
 # Each subcommand's handler; it returns the exit status.
@@ -871,12 +953,14 @@ def main(argv: Sequence[str] | None = None) -> int:
     cluster = Cluster(args.dir)
     try:
         return _HANDLERS[args.command](cluster, args)
-    except ClusterError as exc:
+    except (ClusterError, PgBouncerError) as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 1
 
 
-def _run_with_cluster(cluster: Cluster, replicas: int, argv: list[str]) -> int:
+def _run_with_cluster(
+    cluster: Cluster, replicas: int, argv: list[str], *, pgbouncer: bool = False
+) -> int:
     if argv and argv[0] == "--":
         argv = argv[1:]
     if not argv:
@@ -884,10 +968,11 @@ def _run_with_cluster(cluster: Cluster, replicas: int, argv: list[str]) -> int:
         return 2
     created = not cluster.exists()
     started = time.monotonic()
-    cluster.up(replicas)
+    cluster.up(replicas, pgbouncer=pgbouncer)
     print(
         f"cluster ready in {time.monotonic() - started:.1f}s: "
-        f"primary + {len(cluster.replicas)} replicas in {cluster.dir}",
+        f"primary + {len(cluster.replicas)} replicas"
+        f"{', each behind PgBouncer' if cluster.pgbouncers else ''} in {cluster.dir}",
         flush=True,
     )
     try:

@@ -28,7 +28,7 @@ def pytest_collection_modifyitems(config, items):
 
 
 @pytest.fixture(scope="session", autouse=True)
-def _quiet_before_test_databases_are_dropped(django_db_setup):
+def _quiet_before_test_databases_are_dropped(django_db_setup, replica_cluster: Cluster):
     """Stop the health monitor before the test database is dropped.
 
     Its probes connect to the test database, and PostgreSQL refuses to drop a
@@ -40,6 +40,16 @@ def _quiet_before_test_databases_are_dropped(django_db_setup):
     if runtime.current is not None and runtime.current.monitor is not None:
         runtime.current.monitor.stop()
     connections.close_all()
+    if settings.VIA_PGBOUNCER:
+        # PgBouncer keeps its server connections to the test database after
+        # ours close; the primary's would make DROP DATABASE fail ("is being
+        # accessed by other users"). The replicas' go with the replayed drop.
+        replica_cluster.query(
+            PRIMARY,
+            "SELECT pg_terminate_backend(pid) FROM pg_stat_activity"
+            " WHERE datname = %s AND pid <> pg_backend_pid()",
+            [connections["default"].settings_dict["NAME"]],
+        )
 
 
 @pytest.fixture

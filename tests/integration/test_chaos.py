@@ -28,6 +28,9 @@ from replica_router.testing.cluster import PRIMARY, Cluster
 from tests.polling import wait_for
 from tests.testapp.models import Author
 
+# make test runs these a second time through PgBouncer (see tests/settings.py).
+pytestmark = pytest.mark.pgbouncer
+
 ALL = ["default", "replica_1", "replica_2"]
 db = pytest.mark.django_db(databases=ALL, transaction=True)
 
@@ -146,8 +149,11 @@ def test_chaos_replica_killed_paused_and_restarted_under_read_load(
             replica_cluster.pause("replica_1")
             events["pause replica_1"] = time.perf_counter()
             time.sleep(5)
-            replica_cluster.start("replica_2")
+            # Taken before the start: with a PgBouncer in front of it, start()
+            # returns only once that serves again, by when the server may
+            # have served reads for a while.
             events["start replica_2"] = time.perf_counter()
+            replica_cluster.start("replica_2")
             deadline = time.perf_counter() + 10
             while not monitor.snapshot.node("replica_2").in_rotation:
                 assert time.perf_counter() < deadline, "replica_2 never came back"

@@ -22,6 +22,8 @@ import psycopg
 import pytest
 
 from replica_router.testing.cluster import PRIMARY, Cluster, ClusterError
+from replica_router.testing.pgbouncer import PgBouncer
+from replica_router.testing.processes import process_alive
 
 
 def _table(cluster: Cluster) -> str:
@@ -287,3 +289,67 @@ def test_run_brings_a_cluster_up_for_a_command_and_removes_it() -> None:
     assert "[False, True]" in result.stdout
     assert not directory.exists()
     assert _server_processes(directory) == []
+
+
+# -- PgBouncer in front of each node (up --pgbouncer) -----------------------------
+
+
+def _bouncer_session(cluster: Cluster, node: str) -> psycopg.Connection:
+    return psycopg.connect(
+        host="127.0.0.1",
+        port=cluster.pgbouncer_port(node),
+        user="postgres",
+        dbname="postgres",
+        autocommit=True,
+        prepare_threshold=None,
+    )
+
+
+def test_up_pgbouncer_puts_one_in_front_of_each_node(own_cluster: Cluster) -> None:
+    assert _cli(own_cluster, "up", "--pgbouncer").returncode == 0
+    env = dict(line.split("=", 1) for line in _cli(own_cluster, "env").stdout.splitlines())
+    primary = own_cluster.pgbouncer_port(PRIMARY)
+    replica = own_cluster.pgbouncer_port("replica_1")
+    assert env["PGBOUNCER_DATABASE_URL"] == f"postgres://postgres@127.0.0.1:{primary}/app"
+    assert f"postgres://postgres@127.0.0.1:{replica}/app" in env["PGBOUNCER_REPLICA_URLS"]
+    assert env["DATABASE_URL"].endswith(f":{own_cluster.port(PRIMARY)}/app")
+    assert f"{replica} up" in _cli(own_cluster, "status").stdout
+    # Transaction pooling: while another client holds the server session of a
+    # client's last transaction, its next one runs in another.
+    with (
+        _bouncer_session(own_cluster, "replica_1") as first,
+        _bouncer_session(own_cluster, "replica_1") as other,
+    ):
+        before = first.execute("SELECT pg_backend_pid()").fetchone()
+        with other.transaction():
+            assert other.execute("SELECT pg_backend_pid()").fetchone() == before
+            assert first.execute("SELECT pg_backend_pid()").fetchone() != before
+
+
+def test_a_killed_node_leaves_its_pgbouncer_accepting_connections(own_cluster: Cluster) -> None:
+    own_cluster.start_pgbouncers()
+    bouncer = own_cluster.pgbouncer("replica_1")
+    assert _cli(own_cluster, "kill", "replica_1").returncode == 0
+    assert bouncer.is_up()
+    # What a client of PgBouncer then gets: a connection, and PgBouncer's error
+    # (SQLSTATE 08P01) instead of rows.
+    with pytest.raises(psycopg.OperationalError), _bouncer_session(own_cluster, "replica_1") as c:
+        c.execute("SELECT 1")
+    assert _cli(own_cluster, "start", "replica_1").returncode == 0
+    with _bouncer_session(own_cluster, "replica_1") as conn:
+        assert conn.execute("SELECT pg_is_in_recovery()").fetchone() == (True,)
+
+
+def test_down_stops_every_pgbouncer() -> None:
+    cluster = Cluster(tempfile.mkdtemp(prefix="down-pgbouncer-"))
+    cluster.up(replicas=0, pgbouncer=True)
+    pid = cluster.pgbouncer(PRIMARY).pid()
+    assert pid is not None and process_alive(pid)
+    assert _cli(cluster, "down").returncode == 0
+    assert not process_alive(pid)
+    assert not cluster.dir.exists()
+
+
+def test_pgbouncer_needs_a_port_of_its_own() -> None:
+    with pytest.raises(ValueError, match="port of its own"):
+        PgBouncer("/tmp", "primary", port=5432, server_port=5432)

@@ -26,6 +26,9 @@ from replica_router.testing.cluster import PRIMARY, Cluster
 from tests.polling import wait_for
 from tests.testapp.models import Author
 
+# make test runs these a second time through PgBouncer (see tests/settings.py).
+pytestmark = pytest.mark.pgbouncer
+
 ALL = ["default", "replica_1", "replica_2"]
 db = pytest.mark.django_db(databases=ALL, transaction=True)
 

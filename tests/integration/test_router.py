@@ -22,6 +22,9 @@ from replica_router.testing.cluster import PRIMARY, Cluster
 from tests.factories import AuthorFactory, BookFactory
 from tests.testapp.models import Author, Book
 
+# make test runs these a second time through PgBouncer (see tests/settings.py).
+pytestmark = pytest.mark.pgbouncer
+
 ALL = ["default", "replica_1", "replica_2"]
 db = pytest.mark.django_db(databases=ALL, transaction=True)
 

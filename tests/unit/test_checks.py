@@ -27,6 +27,7 @@ from replica_router.checks import (
     check_primary_only,
     check_router_installed,
     check_settings,
+    check_transaction_pooling,
 )
 from replica_router.router import ReplicaRouter
 
@@ -216,6 +217,8 @@ def test_e008_unknown_key_suggests_the_closest():
         ("PRIMARY", 3),
         ("PRIMARY_ONLY", "sessions"),
         ("COOKIE_NAME", ""),
+        ("TRANSACTION_POOLING", "replica_1"),
+        ("TRANSACTION_POOLING", ["replica_1", None]),
     ],
 )
 def test_e009_bad_value(key, value):
@@ -365,3 +368,69 @@ def test_w005_replica_without_the_failover_engine():
         [warning] = only(check_databases(None), "replica_router.W005")
     assert "'replica_1'" in warning.msg
     assert "replica_router.backends.postgresql" in warning.hint
+
+
+# -- behind a transaction pooler (TRANSACTION_POOLING) -------------------------------
+
+SAFE_BEHIND_POOLER = {"DISABLE_SERVER_SIDE_CURSORS": True}
+
+
+def pooling(declared):
+    return override_settings(REPLICA_ROUTER={**GOOD_ROUTER, "TRANSACTION_POOLING": declared})
+
+
+def test_w007_a_pooled_alias_keeps_server_side_cursors():
+    with pooling(["replica_1"]), databases(replica_2=SAFE_BEHIND_POOLER):
+        [warning] = only(check_transaction_pooling(None), "replica_router.W007")
+    assert "'replica_1'" in warning.msg
+    assert "DISABLE_SERVER_SIDE_CURSORS" in warning.hint
+
+
+def test_w007_true_declares_every_alias_the_router_uses():
+    with pooling(True), databases(replica_1=SAFE_BEHIND_POOLER):
+        warnings = only(check_transaction_pooling(None), "replica_router.W007")
+    assert sorted(w.msg.split("'")[1] for w in warnings) == ["default", "replica_2"]
+
+
+def test_w008_a_pooled_alias_prepares_statements():
+    options = {"server_side_binding": True, "prepare_threshold": 5}
+    with pooling(["replica_1"]), databases(replica_1={**SAFE_BEHIND_POOLER, "OPTIONS": options}):
+        [warning] = only(check_transaction_pooling(None), "replica_router.W008")
+    assert "prepare_threshold 5" in warning.msg
+    assert "max_prepared_statements" in warning.hint
+
+
+@pytest.mark.parametrize(
+    "options",
+    [
+        {"server_side_binding": True},  # Django passes prepare_threshold=None: nothing prepared
+        {"server_side_binding": True, "prepare_threshold": None},
+        {"prepare_threshold": 0},  # client-side binding (the default) never prepares
+    ],
+)
+def test_w008_not_without_prepared_statements(options):
+    with (
+        pooling(True),
+        databases(
+            default={**SAFE_BEHIND_POOLER, "OPTIONS": options},
+            replica_1={**SAFE_BEHIND_POOLER, "OPTIONS": options},
+            replica_2={**SAFE_BEHIND_POOLER, "OPTIONS": options},
+        ),
+    ):
+        assert check_transaction_pooling(None) == []
+
+
+def test_w009_a_pooled_alias_assumes_a_role():
+    options = {"assume_role": "reporting"}
+    with pooling(["replica_2"]), databases(replica_2={**SAFE_BEHIND_POOLER, "OPTIONS": options}):
+        [warning] = only(check_transaction_pooling(None), "replica_router.W009")
+    assert "'reporting'" in warning.msg
+
+
+def test_nothing_is_said_of_an_alias_not_declared_pooled():
+    options = {"server_side_binding": True, "prepare_threshold": 5, "assume_role": "r"}
+    with (
+        pooling(["replica_2"]),
+        databases(replica_1={"OPTIONS": options}, replica_2=SAFE_BEHIND_POOLER),
+    ):
+        assert check_transaction_pooling(None) == []

@@ -38,6 +38,20 @@ def test_a_server_ending_the_session_is_gone_even_before_the_socket_closes(error
 
 
 @pytest.mark.parametrize(
+    "message",
+    [
+        "server conn crashed?",
+        "server login has been failing, try again later (server_login_retry)",
+        "query_wait_timeout",
+    ],
+)
+def test_pgbouncer_saying_its_server_is_gone_is_gone(message):
+    # PgBouncer reports these as SQLSTATE 08P01 and closes the client's
+    # connection, maybe before psycopg has seen it close.
+    assert classify(django_error(psycopg.errors.ProtocolViolation(message)), OPEN) is Fault.GONE
+
+
+@pytest.mark.parametrize(
     "connection",
     [None, SimpleNamespace(closed=True, broken=False), SimpleNamespace(closed=False, broken=True)],
 )

@@ -6,7 +6,11 @@ Two kinds of error are worth running a read again elsewhere for:
   closed or broken, or the server said it is ending the session: SQLSTATE
   class 57P (``admin_shutdown``, ``crash_shutdown``, ``cannot_connect_now``,
   ``database_dropped``), which includes "terminating connection due to
-  unexpected postmaster exit". The replica leaves rotation.
+  unexpected postmaster exit"; or class 08, a connection exception, which is
+  how PgBouncer reports that the server behind it is gone ("server conn
+  crashed?", "server login has been failing, try again later
+  (server_login_retry)", "query_wait_timeout": all 08P01) before it closes
+  the client's connection. The replica leaves rotation.
 * **conflict**: the replica cancelled the statement because it conflicted with
   WAL replay ("canceling statement due to conflict with recovery", SQLSTATE
   40001, or 40P01 for a buffer-pin deadlock). The replica is fine and stays in
@@ -34,7 +38,7 @@ class Fault(enum.Enum):
     CONFLICT = "conflict"
 
 
-_GONE_CLASS: Final = "57P"
+_GONE_CLASSES: Final = ("57P", "08")
 _CONFLICT_STATES: Final = frozenset({"40001", "40P01"})
 _CONFLICT_MESSAGE: Final = "conflict with recovery"
 
@@ -51,7 +55,7 @@ def _sqlstate(error: BaseException) -> str | None:
 def classify(error: BaseException, connection: Any) -> Fault | None:
     """The fault ``error`` shows on a replica's psycopg ``connection`` (None if closed)."""
     sqlstate = _sqlstate(error)
-    if sqlstate is not None and sqlstate.startswith(_GONE_CLASS):
+    if sqlstate is not None and sqlstate.startswith(_GONE_CLASSES):
         return Fault.GONE
     # Checked before the connection: a replica ends an idle-in-transaction
     # session that blocks replay with the same SQLSTATE (FATAL "terminating

@@ -1,0 +1,66 @@
+"""The processes and ports of this machine, as the local servers' tools see them.
+
+Linux ``/proc`` is read directly (no ``ps``, no psutil): where there is none,
+the lookups find nothing.
+"""
+
+from __future__ import annotations
+
+import socket
+from pathlib import Path
+
+__all__ = ["children", "cmdline", "free_port", "process_alive", "process_state", "processes_with"]
+
+
+def children(pid: int) -> list[int]:
+    """Direct children of ``pid`` (Linux /proc; empty elsewhere)."""
+    found = []
+    for proc in Path("/proc").glob("[0-9]*"):
+        try:
+            stat_fields = (proc / "stat").read_text().rsplit(")", 1)[1].split()
+        except OSError:
+            continue
+        if int(stat_fields[1]) == pid:
+            found.append(int(proc.name))
+    return found
+
+
+def process_state(pid: int) -> str | None:
+    """The state letter of ``pid`` (R, S, T for stopped, Z for zombie...). Linux /proc."""
+    try:
+        return Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0]
+    except OSError:
+        return None
+
+
+def process_alive(pid: int) -> bool:
+    """Whether ``pid`` is a running process (not a zombie). Linux /proc."""
+    state = process_state(pid)
+    return state is not None and state != "Z"
+
+
+def cmdline(pid: int) -> bytes:
+    """The command line of ``pid``, its arguments separated by NUL bytes (empty if gone)."""
+    try:
+        return Path(f"/proc/{pid}/cmdline").read_bytes()
+    except OSError:
+        return b""
+
+
+def processes_with(*markers: bytes) -> list[int]:
+    """Pids of processes whose command line contains every marker. Linux /proc."""
+    found = []
+    for proc in Path("/proc").iterdir():
+        if proc.name.isdigit():
+            line = cmdline(int(proc.name))
+            if line and all(marker in line for marker in markers):
+                found.append(int(proc.name))
+    return found
+
+
+def free_port() -> int:
+    """A TCP port on 127.0.0.1 that nothing listens on at this moment."""
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
+        s.bind(("127.0.0.1", 0))
+        port: int = s.getsockname()[1]
+        return port
