@@ -25,8 +25,10 @@ Modes 3 and 4 run with ``"host"`` and ``"cache"``.
 from __future__ import annotations
 
 import argparse
+import contextlib
 import os
 import sys
+from collections.abc import Iterator
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
@@ -71,6 +73,18 @@ def counts(samples: list[dict[str, int | None]], nodes: list[str]) -> str:
 
 def compact(samples: list[dict[str, int | None]], nodes: list[str]) -> str:
     return ", ".join(f"{n} {c}" for n, c in zip(nodes, counts(samples, nodes).split(), strict=True))
+
+
+@contextlib.contextmanager
+def restarted(cluster: Cluster, name: str = "replica_1") -> Iterator[None]:
+    """Start ``name`` again afterwards, streaming and caught up, if it was killed."""
+    try:
+        yield
+    finally:
+        if not cluster.is_up(name):
+            cluster.start(name)
+        cluster.wait_streaming()
+        cluster.wait_replayed()
 
 
 def main() -> None:
@@ -122,16 +136,11 @@ def main() -> None:
         say(f"3. out of rotation in every worker (CHECK_INTERVAL {args.interval:g} s)")
         for mode in ("host", "cache"):
             groups, settings = setup(mode)
-            with fleets(*groups, database=DB, **settings) as started:
+            with fleets(*groups, database=DB, **settings) as started, restarted(cluster):
                 settle_connections(cluster, DB, 1, interval=args.interval, samples=1)
-                try:
-                    out = measure_out_of_rotation(
-                        started, "replica_1", lambda: cluster.kill("replica_1")
-                    )
-                finally:
-                    cluster.start("replica_1")
-                    cluster.wait_streaming()
-                    cluster.wait_replayed()
+                out = measure_out_of_rotation(
+                    started, "replica_1", lambda: cluster.kill("replica_1")
+                )
             say(
                 f"   {mode:5} killed replica_1: last worker {out.last:.2f} s "
                 f"({out.last / args.interval:.2f} intervals), median {out.median:.2f} s, "
@@ -175,16 +184,11 @@ def main() -> None:
 
         for mode in ("host", "cache"):
             groups, settings = setup(mode)
-            with fleets(*groups, database=DB, **settings) as started:
+            with fleets(*groups, database=DB, **settings) as started, restarted(cluster):
                 settle_connections(cluster, DB, 1, interval=args.interval, samples=1)
-                try:
-                    d = measure_death_during_takeover(
-                        started, "replica_1", cluster.kill, interval=args.interval
-                    )
-                finally:
-                    cluster.start("replica_1")
-                    cluster.wait_streaming()
-                    cluster.wait_replayed()
+                d = measure_death_during_takeover(
+                    started, "replica_1", cluster.kill, interval=args.interval
+                )
             say(
                 f"   {mode:5} and replica_1 killed {args.interval / 5:g} s later: out in every "
                 f"worker after {d.last_out:.2f} s, new prober after {d.took_over:.2f} s; "

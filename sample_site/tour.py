@@ -29,7 +29,6 @@ import os
 import random
 import re
 import signal
-import socket
 import subprocess
 import sys
 import threading
@@ -48,6 +47,7 @@ sys.path.insert(0, str(SITE_DIR))
 
 from bookshop.demo_account import STAFF_PASSWORD, STAFF_USERNAME  # noqa: E402
 from replica_router.health.probe import APPLICATION_NAME  # noqa: E402
+from replica_router.testing.processes import children, free_port  # noqa: E402
 
 PRIMARY_ALIAS = "default"
 COOKIE = "replica_router"  # REPLICA_ROUTER["COOKIE_NAME"]
@@ -520,9 +520,8 @@ class Tour:
         master = demo_master(self.cluster)
         if master is None:
             return None
-        children = Path(f"/proc/{master}/task/{master}/children")
-        pids = children.read_text().split() if children.exists() else []
-        return int(pids[0]) if pids else None
+        workers = children(master)
+        return workers[0] if workers else None
 
     def monitor_connections(self) -> dict[str, int]:
         return {
@@ -644,9 +643,7 @@ class MoreWorkers:
 
     def __init__(self, env: dict[str, str], *, workers: int) -> None:
         self.env, self.workers = env, workers
-        with socket.socket() as probe:
-            probe.bind(("127.0.0.1", 0))
-            self.port = probe.getsockname()[1]
+        self.port = free_port()
         self.url = f"http://127.0.0.1:{self.port}"
         self.process: subprocess.Popen[bytes] | None = None
 

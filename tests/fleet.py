@@ -33,7 +33,6 @@ import os
 import random
 import shutil
 import signal
-import socket
 import statistics
 import subprocess
 import sys
@@ -49,30 +48,13 @@ import psycopg
 
 from replica_router.health.probe import APPLICATION_NAME
 from replica_router.testing.cluster import PRIMARY, Cluster
+from replica_router.testing.processes import children, free_port, process_alive
 from replica_router.testing.redis_server import HOST, RedisServer
 
 ROOT = Path(__file__).resolve().parent.parent
 CONFIG = ROOT / "tests" / "fleet_site" / "gunicorn.conf.py"
 #: The states in which a replica is out of rotation.
 OUT = {"down", "lagging", "ejected"}
-
-
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind((HOST, 0))
-        return int(s.getsockname()[1])
-
-
-def _children(pid: int) -> list[int]:
-    found = []
-    for proc in Path("/proc").glob("[0-9]*"):
-        try:
-            stat = (proc / "stat").read_text().rsplit(")", 1)[1].split()
-        except OSError:
-            continue
-        if int(stat[1]) == pid and stat[0] != "Z":
-            found.append(int(proc.name))
-    return found
 
 
 class Fleet:
@@ -86,7 +68,7 @@ class Fleet:
     def __init__(self, *, workers: int, database: str, name: str = "fleet", **settings: Any):
         self.workers = workers
         self.name = name
-        self.port = _free_port()
+        self.port = free_port()
         self.env = {
             **os.environ,
             "PYTHONPATH": str(ROOT),
@@ -171,7 +153,9 @@ class Fleet:
 
     def pids(self) -> set[int]:
         """The live workers' pids (the master's children)."""
-        return set() if self.process is None else set(_children(self.process.pid))
+        if self.process is None:
+            return set()
+        return {pid for pid in children(self.process.pid) if process_alive(pid)}
 
     def get(self, path: str, timeout: float = 10.0) -> dict[str, Any]:
         """GET ``path`` on a new connection (so the kernel picks a worker); its JSON."""
