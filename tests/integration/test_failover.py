@@ -23,6 +23,7 @@ from replica_router.backends.postgresql.base import DatabaseWrapper
 from replica_router.health import State
 from replica_router.health.monitor import Monitor
 from replica_router.runtime import get_monitor
+from replica_router.signals import replica_state_changed
 from replica_router.testing.cluster import PRIMARY, Cluster
 from tests.factories import AuthorFactory
 from tests.polling import wait_for
@@ -391,3 +392,53 @@ def test_a_read_on_a_hung_replica_runs_elsewhere_once_the_monitor_finds_it_down(
     other = "replica_2" if alias == "replica_1" else "replica_1"
     assert outcome["row"][0] == replica_cluster.port(other)
     assert fast_monitor.snapshot.node(alias).state is State.DOWN
+
+
+@db
+def test_a_primary_found_down_keeps_its_connections(
+    fast_monitor: Monitor, replica_cluster: Cluster
+):
+    """The cut-off is for replicas, whose reads can go elsewhere. A primary's
+    probe can time out (a busy host, a long checkpoint) while its sessions are
+    fine; cutting them would abort every transaction in flight, and a COMMIT
+    cut midway leaves the client not knowing whether it committed. Here the
+    primary hangs long enough to be found down, then answers again, and a
+    transaction that was open meanwhile commits."""
+    opened, thawed = threading.Event(), threading.Event()
+    outcome: dict = {}
+
+    def write() -> None:
+        try:
+            with transaction.atomic(using="default"):
+                Author.objects.using("default").create(name="before the hang")
+                opened.set()
+                thawed.wait(30)
+                Author.objects.using("default").create(name="after the hang")
+            outcome["done"] = True
+        except Exception as exc:
+            outcome["error"] = exc
+        finally:
+            connections.close_all()
+
+    found_down = threading.Event()
+
+    def note(sender, alias, new_state, **kwargs):
+        # Connected after the backend's receiver: called once the cut-off has run.
+        if alias == "default" and new_state == "down":
+            found_down.set()
+
+    replica_state_changed.connect(note, dispatch_uid="test.primary_found_down")
+    thread = threading.Thread(target=write)
+    thread.start()
+    try:
+        assert opened.wait(30)
+        with replica_cluster.frozen(PRIMARY):
+            assert found_down.wait(30)
+    finally:
+        replica_state_changed.disconnect(dispatch_uid="test.primary_found_down")
+        thawed.set()
+    thread.join(30)
+    assert "error" not in outcome, outcome.get("error")
+    assert outcome.get("done")
+    names = set(Author.objects.using("default").values_list("name", flat=True))
+    assert {"before the hang", "after the hang"} <= names

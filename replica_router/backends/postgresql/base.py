@@ -400,8 +400,12 @@ def _cut_off_down_replica(*, alias: str, new_state: str, **kwargs: Any) -> None:
     Its connections are shut down first, so that reads waiting on a hung
     server fail over now; then its pool is dropped, which wakes the threads
     waiting for one of its connections.
+
+    Not the primary's: nothing can run elsewhere, and a probe that timed out
+    on a busy primary would abort every transaction in flight, and leave a
+    COMMIT cut midway not knowing whether it committed.
     """
-    if new_state == "down":
+    if new_state == "down" and role_of(alias) is REPLICA:
         host, port = address(alias)
         cut = cut_connections_to(host, int(port))
         if cut:
