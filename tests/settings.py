@@ -23,13 +23,14 @@ _cluster_dir = os.environ.get("REPLICA_ROUTER_CLUSTER_DIR")
 CLUSTER = Cluster(_cluster_dir) if _cluster_dir else None
 REPLICA_NAMES = CLUSTER.replicas if CLUSTER is not None else ["replica_1", "replica_2"]
 VIA_PGBOUNCER = os.environ.get("REPLICA_ROUTER_TEST_PGBOUNCER") == "1"
-# Port 9 (discard) on loopback: nothing of ours listens there.
-_NO_SERVER_PORT = 9
+# Ports 9 (discard), 19 and 29 on loopback: nothing of ours listens there. One
+# per node, as a real site has (check W010).
+_NO_SERVER_PORTS = {"primary": 9, "replica_1": 19, "replica_2": 29}
 
 
 def _port(node: str) -> int:
     if CLUSTER is None:
-        return _NO_SERVER_PORT
+        return _NO_SERVER_PORTS[node]
     return CLUSTER.pgbouncer_port(node) if VIA_PGBOUNCER else CLUSTER.port(node)
 
 

@@ -8,7 +8,7 @@ from typing import Any
 
 from django.db import connections
 
-__all__ = ["address", "django_probe_params", "is_postgresql", "scrub"]
+__all__ = ["address", "address_in", "django_probe_params", "is_postgresql", "scrub"]
 
 
 def django_probe_params(alias: str) -> dict[str, Any]:
@@ -34,7 +34,11 @@ def _settings_of(alias: str) -> Mapping[str, Any]:
 
 def address(alias: str) -> tuple[str, str]:
     """``(host, port)`` of an alias as its settings give them, with libpq's defaults."""
-    settings_dict = _settings_of(alias)
+    return address_in(_settings_of(alias))
+
+
+def address_in(settings_dict: Mapping[Any, Any]) -> tuple[str, str]:
+    """``(host, port)`` of a ``DATABASES`` entry, with libpq's defaults."""
     return str(settings_dict.get("HOST") or "localhost"), str(settings_dict.get("PORT") or "5432")
 
 
