@@ -511,6 +511,8 @@ class DeathDuringTakeover:
     #: Worker pid -> seconds from the replica's death to its transition (the
     #: workers that were there before; not the one started in the victim's place).
     out_after: dict[int, float]
+    #: Every live worker's own transition (wall clock), the new one's included.
+    out_at: dict[int, float]
     #: Reads answered after the death: all of them, those the router sent to
     #: the dead replica (served elsewhere), and those it served (none can be).
     reads: int
@@ -529,10 +531,13 @@ class DeathDuringTakeover:
 
     @property
     def sent_after_out(self) -> list[tuple[float, int, str, str]]:
-        """Reads sent there after every worker had it out."""
-        assert self.takeover.meanwhile_at is not None
-        settled = self.takeover.meanwhile_at + self.last_out
-        return [read for read in self.sent_there if read[0] > settled]
+        """Reads sent there by a worker after it had taken it out (a read's
+        time is when its view began, before the router chose)."""
+        return [
+            read
+            for read in self.sent_there
+            if read[1] in self.out_at and read[0] > self.out_at[read[1]]
+        ]
 
 
 def measure_death_during_takeover(
@@ -560,15 +565,17 @@ def measure_death_during_takeover(
     takeover.log.extend(nudged[1:])
     takeover.meanwhile_at = died = nudged[0][0]
     states = wait_all(fleets, lambda s: alias not in s["rotation"], timeout=30, what=f"{alias} out")
-    out_after = {
-        pid: min(at for at, a, _, new in state["changes"] if a == alias and at >= died) - died
+    out_at = {
+        pid: min(times)
         for pid, state in states.items()
-        if pid in before
+        if (times := [at for at, a, _, new in state["changes"] if a == alias and at >= died])
     }
+    out_after = {pid: at - died for pid, at in out_at.items() if pid in before}
     after_death = [read for read in takeover.log if read[0] > died]
     return DeathDuringTakeover(
         takeover=takeover,
         out_after=out_after,
+        out_at=out_at,
         reads=len(after_death),
         sent_there=[read for read in after_death if read[2] == alias],
         served_there=[read for read in after_death if read[3] == alias],

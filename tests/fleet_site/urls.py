@@ -61,11 +61,13 @@ def state(request: HttpRequest) -> JsonResponse:
 
 def read(request: HttpRequest) -> JsonResponse:
     """``db``: the alias the router chose; ``server``: whose server answered
-    (another one's when the read failed over)."""
+    (another one's when the read failed over); ``at``: when the view began,
+    before the router chose."""
+    at = time.time()
     author = Author.objects.order_by("pk").first()
     db = author._state.db if author else None
     server = (getattr(connections[db], "borrowed_from", None) or db) if db else None
-    return JsonResponse({"pid": os.getpid(), "db": db, "server": server, "at": time.time()})
+    return JsonResponse({"pid": os.getpid(), "db": db, "server": server, "at": at})
 
 
 urlpatterns = [path("state/", state), path("read/", read)]
