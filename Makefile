@@ -17,6 +17,7 @@ DEMO := $(BIN)/python sample_site/demo.py --dir $(DEMO_DIR)
 SAMPLE_TEST_DIR ?= $(DEMO_DIR)-tests
 
 .PHONY: install test test-unit lint format test-matrix cluster-up cluster-down cluster-status docs bench clean
+.PHONY: test-django-suite
 .PHONY: demo demo-down serve seed test-sample
 
 install: $(VENV)/.installed
@@ -39,6 +40,7 @@ needs-%:
 # here); then the tests marked `pgbouncer` again, through the PgBouncers
 # (tests/settings.py); then the branch coverage of replica_router/ over both
 # (failing under the floor in pyproject.toml), then the sample site's suite.
+# Then Django's own suite without and with the router (test-django-suite).
 # Stops at the first of these that fails.
 PGBOUNCER_PASS := REPLICA_ROUTER_TEST_PGBOUNCER=1 $(BIN)/coverage run -m pytest -m pgbouncer tests/integration
 test: needs-postgresql+chromium+redis+pgbouncer install
@@ -50,6 +52,20 @@ test: needs-postgresql+chromium+redis+pgbouncer install
 	$(BIN)/coverage combine --quiet
 	$(BIN)/coverage report
 	$(MAKE) test-sample
+	$(MAKE) test-django-suite
+
+# Django's own test suite (the apps listed in tests/django_suite/__init__.py,
+# from the sdist of the installed Django, cached in .cache/) twice, on a cluster
+# of its own: with Django's PostgreSQL backend and no router, then with the
+# router installed as the README says. Fails on a test that passes only without
+# the router, or on an unclean teardown with it; ends with
+# `django-suite: N passed, M failed, K skipped`. See tests/django_suite/run.py;
+# DJANGO_SUITE_ARGS goes to it (test labels, --parallel N).
+DJANGO_SUITE_DIR ?= $(CLUSTER_DIR)-django
+test-django-suite: needs-postgresql install
+	$(BIN)/python -m pip install --quiet -r tests/django_suite/requirements.txt
+	$(CLUSTER) run --dir $(DJANGO_SUITE_DIR) --replicas $(REPLICAS) -- \
+		$(BIN)/python -m tests.django_suite.run $(DJANGO_SUITE_ARGS)
 
 # Only the tests that need no PostgreSQL (tests/unit): no server binaries, no
 # cluster, a few seconds. Without REPLICA_ROUTER_CLUSTER_DIR the test settings
@@ -67,7 +83,8 @@ format: install
 	$(BIN)/ruff format .
 
 # Python 3.11 + Django 5.2, 3.12 + Django 6.1, 3.13 + Django 6.0, one cluster for
-# all; each session runs the PgBouncer pass too (noxfile.py).
+# all; each session runs the PgBouncer pass too, and Django's own suite of the
+# session's Django version without and with the router (noxfile.py).
 test-matrix: needs-postgresql+redis+pgbouncer install
 	$(CLUSTER) run --dir $(CLUSTER_DIR) --replicas $(REPLICAS) --pgbouncer -- $(BIN)/nox $(NOX_ARGS)
 

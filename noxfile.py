@@ -49,3 +49,8 @@ def tests(session: nox.Session, django: str) -> None:
         *session.posargs,
         env={"REPLICA_ROUTER_TEST_PGBOUNCER": "1"},
     )
+    # Django's own suite, from the sdist of this session's Django version,
+    # without and with the router (tests/django_suite/run.py; the cluster's
+    # nodes directly, not through PgBouncer).
+    session.install("-r", "tests/django_suite/requirements.txt")
+    session.run("python", "-m", "tests.django_suite.run")

@@ -170,7 +170,8 @@ def check_health_sharing(
 
 @_never_raise
 def check_databases(app_configs: Iterable[Any] | None = None, **kwargs: Any) -> list[CheckMessage]:
-    """E001, E002, E007, W001, W002, W005, W010: the aliases the router uses, against DATABASES."""
+    """E001, E002, E007, W001, W002, W005, W010, W011: the aliases the router uses,
+    against DATABASES."""
     config = _config()
     databases = _databases()
     messages = _missing_aliases(config, databases)
@@ -236,7 +237,7 @@ def _missing_aliases(
 
 
 def _alias_problems(alias: str, conf: Mapping[Any, Any], primary: str) -> list[CheckMessage]:
-    """E007, W001, W002, W005: one alias's settings."""
+    """E007, W001, W002, W005, W011: one alias's settings."""
     messages: list[CheckMessage] = []
     options = conf.get("OPTIONS")
     pool = options.get("pool") if isinstance(options, Mapping) else None
@@ -252,6 +253,17 @@ def _alias_problems(alias: str, conf: Mapping[Any, Any], primary: str) -> list[C
             )
         )
     engine = conf.get("ENGINE")
+    if alias == primary and engine in _DJANGO_POSTGRESQL_ENGINES:
+        messages.append(
+            Warning(
+                f"The primary {alias!r} uses {engine!r}; the router cannot tell when "
+                "Django's test runner sets up the test database, so tests' reads go "
+                "to replica aliases they do not list.",
+                hint=f"Set DATABASES[{alias!r}]['ENGINE'] to {FAILOVER_ENGINE!r}; "
+                "replica_router.env.database_settings() does so.",
+                id="replica_router.W011",
+            )
+        )
     if alias != primary and engine in _DJANGO_POSTGRESQL_ENGINES:
         messages.append(
             Warning(

@@ -20,7 +20,7 @@ from replica_router import runtime
 from replica_router.context import CausalState, causal_state, lag_budget, read_override
 from replica_router.exceptions import NoReplicaAvailable
 from replica_router.lsn import REPLAY_LSN, query_lsn
-from replica_router.runtime import Routing
+from replica_router.runtime import PRIMARY, REPLICA, Routing, role_of
 
 if TYPE_CHECKING:
     from django.db.models import Model
@@ -225,7 +225,9 @@ class ReplicaRouter:
     configured. Configure it with ``settings.REPLICA_ROUTER``; see docs/router.md.
     """
 
-    def db_for_read(self, model: type[Model], **hints: Any) -> str:
+    def db_for_read(self, model: type[Model], **hints: Any) -> str | None:
+        if hints and _outside(hints):
+            return None
         routing = runtime.current or runtime.load()
         counters = routing.counters  # None with METRICS off: then nothing is counted
         override = read_override.get()  # True under use_primary, a float under max_lag
@@ -289,24 +291,39 @@ class ReplicaRouter:
             counters.read(fallback, "fallback" if routing.replicas else "no_replicas")
         return fallback
 
-    def db_for_write(self, model: type[Model], **hints: Any) -> str:
+    def db_for_write(self, model: type[Model], **hints: Any) -> str | None:
+        if hints and _outside(hints):
+            return None
         routing = runtime.current or runtime.load()
         if routing.counters is not None:
             routing.counters.writes()
         return routing.primary
 
     def allow_relation(self, obj1: Model, obj2: Model, **hints: Any) -> bool | None:
-        aliases = (runtime.current or runtime.load()).aliases
-        if obj1._state.db in aliases and obj2._state.db in aliases:
+        # The primary and its replicas hold the same rows; any other pair is
+        # Django's to judge (by default, objects on the same database).
+        if role_of(obj1._state.db) is not None and role_of(obj2._state.db) is not None:
             return True
         return None
 
     def allow_migrate(
         self, db: str, app_label: str, model_name: str | None = None, **hints: Any
     ) -> bool | None:
-        routing = runtime.current or runtime.load()
-        if db == routing.primary:
+        role = role_of(db)
+        if role is PRIMARY:
             return True
-        if db in routing.replicas:
-            return False
+        if role is REPLICA:
+            return False  # a replica gets its tables by replication
         return None
+
+
+def _outside(hints: dict[str, Any]) -> bool:
+    """Whether the ``instance`` hint's object lives on a database outside the cluster.
+
+    Then Django decides, as it would with no router: it uses that database.
+    """
+    instance = hints.get("instance")
+    if instance is None:
+        return False
+    db = getattr(getattr(instance, "_state", None), "db", None)
+    return db is not None and role_of(db) is None

@@ -13,6 +13,7 @@ detector, which reads the new config.
 
 from __future__ import annotations
 
+import dataclasses
 import functools
 import os
 import threading
@@ -48,9 +49,14 @@ __all__ = [
     "get_monitor",
     "health_store",
     "load",
+    "note_test_database",
     "register_metrics",
+    "release_test_databases",
     "reset",
     "role_of",
+    "route_test_mirrors",
+    "serving_tests",
+    "set_route_test_mirrors",
 ]
 
 PRIMARY: Final = "primary"
@@ -77,6 +83,7 @@ class Routing:
     )
 
     def __init__(self, config: RouterConfig) -> None:
+        config = _without_test_mirrors(config)
         self.config = config
         self.primary = config.primary
         self.replicas = frozenset(config.replicas)
@@ -168,6 +175,27 @@ def _monitor_for(config: RouterConfig, balancer: Balancer) -> Monitor:
     return SharedMonitor(config=config, balancer=balancer, store=store, mode=config.health_sharing)
 
 
+def _without_test_mirrors(config: RouterConfig) -> RouterConfig:
+    """``config`` less the replicas that serve a test through the primary's connection.
+
+    Once Django's test set-up has created the primary's test database, a
+    replica serves reads only if the set-up pointed it at that database
+    (``set_as_test_mirror``; it skips the aliases no test lists) and the test
+    asks for real routing (:func:`replica_router.testing.replica_routing`).
+    Otherwise its reads go to the primary: a test sees its own data, inside
+    ``TestCase``'s transaction too, and needs no replica alias in ``databases``.
+    Outside tests this returns ``config`` itself.
+    """
+    if not serving_tests:
+        return config
+    replicas = {
+        alias: weight
+        for alias, weight in config.replicas.items()
+        if route_test_mirrors and alias in test_mirrors
+    }
+    return dataclasses.replace(config, replicas=replicas)
+
+
 #: The routing of the current settings; None until first use and after a change.
 #: The router reads it on every query: ``runtime.current or runtime.load()``.
 current: Routing | None = None
@@ -176,6 +204,62 @@ _lock = threading.Lock()
 #: True while migrate runs: reads stay on the primary and do not start the
 #: monitor (the test runner migrates before the test databases are fully set up).
 migrating = False
+
+#: True from the creation of the primary's test database by Django's test
+#: set-up to its destruction. See :func:`_without_test_mirrors`.
+serving_tests = False
+#: The replicas that the test set-up pointed at the primary's test database.
+test_mirrors: set[str] = set()
+#: True while a test asks for real replica routing of those replicas.
+route_test_mirrors = False
+
+
+def note_test_database(*, mirror: str | None = None) -> None:
+    """Django's test set-up created the primary's test database, or pointed
+    the replica ``mirror`` at it."""
+    global serving_tests
+    with _lock:
+        serving_tests = True
+        if mirror is not None:
+            test_mirrors.add(mirror)
+    _drop_routing()
+
+
+def set_route_test_mirrors(enabled: bool) -> bool:
+    """Route mirrored replicas as real replicas (True) or through the primary;
+    returns the previous value. See :func:`replica_router.testing.replica_routing`."""
+    global route_test_mirrors
+    with _lock:
+        previous, route_test_mirrors = route_test_mirrors, enabled
+    if previous != enabled and serving_tests:
+        _drop_routing()
+    return previous
+
+
+def release_test_databases() -> None:
+    """Leave no session of the router's on a test database, so it can be dropped.
+
+    Stops the health monitor (its probes are connected to the test database)
+    and closes this thread's connections and every pool of the router's
+    aliases. The test run is over: the next read builds the routing again,
+    from the settings alone.
+    """
+    global serving_tests
+    with _lock:
+        serving_tests = False
+        test_mirrors.clear()
+    _drop_routing()
+    try:
+        config = get_config()
+    except Exception:  # misconfigured: nothing of ours was connected
+        return
+    for alias in (config.primary, *config.replicas):
+        if alias in connections:
+            connection = connections[alias]
+            connection.close()
+            close_pool = getattr(connection, "close_pool", None)
+            if close_pool is not None:  # Django's pool, Django 5.1+
+                close_pool()
 
 
 def load() -> Routing:
@@ -231,17 +315,22 @@ def role_of(alias: str) -> str | None:
     return REPLICA if alias in config.replicas else None
 
 
-def reset(*, setting: str, **kwargs: Any) -> None:
-    """The ``setting_changed`` receiver: forget everything built from the settings."""
+def _drop_routing() -> None:
+    """Forget the current routing and stop its monitor; the next read builds one."""
     global current
-    if setting not in WATCHED_SETTINGS:
-        return
-    get_config.cache_clear()
-    role_of.cache_clear()
     with _lock:
         old, current = current, None
     if old is not None and old.monitor is not None:
         old.monitor.stop()
+
+
+def reset(*, setting: str, **kwargs: Any) -> None:
+    """The ``setting_changed`` receiver: forget everything built from the settings."""
+    if setting not in WATCHED_SETTINGS:
+        return
+    get_config.cache_clear()
+    role_of.cache_clear()
+    _drop_routing()
     hook_write_detector()
 
 

@@ -79,3 +79,4 @@ INSTALLED_APPS = [
 DEFAULT_AUTO_FIELD = "django.db.models.BigAutoField"
 ROOT_URLCONF = "tests.urls"
 MIDDLEWARE: list[str] = []
+STATIC_URL = "static/"

@@ -16,6 +16,10 @@ django-replica-router can use them:
 * ``recovery_conflicts``: call it with a replica's name to make it cancel
   queries that conflict with WAL replay (``hot_standby_feedback = off``,
   ``max_standby_streaming_delay = 0``) until the test ends.
+* ``@pytest.mark.replica_routing``: the test's reads go to the replicas for
+  real, as outside tests (:func:`~replica_router.testing.routing.replica_routing`);
+  without it, a replica that mirrors the primary's test database serves reads
+  through the primary's connection.
 * ``redis_server`` (session): the URL (``redis://127.0.0.1:PORT/0``) of a
   throwaway ``redis-server`` started for the session and stopped afterwards
   (:class:`~replica_router.testing.redis_server.RedisServer`).
@@ -28,6 +32,7 @@ so a settings module can build ``DATABASES`` from them.
 from __future__ import annotations
 
 import os
+import sys
 import tempfile
 from collections.abc import Callable, Iterator
 from typing import Any
@@ -52,6 +57,26 @@ def pytest_addoption(parser: pytest.Parser) -> None:
     parser.addini(
         "replica_cluster_replicas", "replicas in a cluster the plugin starts", default="2"
     )
+
+
+def pytest_configure(config: pytest.Config) -> None:
+    config.addinivalue_line(
+        "markers",
+        "replica_routing: route reads to the mirrored replicas for real in this test",
+    )
+
+
+@pytest.fixture(autouse=True)
+def _replica_routing_marker(request: pytest.FixtureRequest) -> None:
+    # Set for each test, not undone after it: consecutive marked tests keep one
+    # routing and its health monitor, as a site keeps them between requests.
+    # The engine stops the monitor before the test database is dropped.
+    marked = request.node.get_closest_marker("replica_routing") is not None
+    if not marked and "replica_router.runtime" not in sys.modules:
+        return  # nothing routed yet, so nothing to undo; and Django may not be set up
+    from replica_router import runtime
+
+    runtime.set_route_test_mirrors(marked)
 
 
 def _replicas(config: pytest.Config) -> int:

@@ -10,6 +10,10 @@
 ``ALLOWED_HOSTS``           comma-separated (default ``127.0.0.1,localhost``)
 ==========================  ==================================================
 
+With ``DEBUG`` on and django-debug-toolbar installed (the ``demo`` dependency
+group), pages served to 127.0.0.1 show the toolbar, with the router's
+"Replica routing" panel.
+
 When ``DATABASE_URL`` is not set, both URLs come from the local cluster that
 ``make demo`` / ``make serve`` start (see ``bookshop_site/local_cluster.py``):
 a primary and two replicas weighted 2:1, with Django's psycopg pool on each.
@@ -17,6 +21,7 @@ a primary and two replicas weighted 2:1, with Django's psycopg pool on each.
 
 from __future__ import annotations
 
+import importlib.util
 import os
 from pathlib import Path
 
@@ -136,6 +141,23 @@ TIME_ZONE = "UTC"
 USE_I18N = False
 USE_TZ = True
 STATIC_URL = "static/"
+
+# -- development: django-debug-toolbar ---------------------------------------------
+
+if DEBUG and importlib.util.find_spec("debug_toolbar") is not None:
+    from debug_toolbar.settings import PANELS_DEFAULTS
+
+    # staticfiles serves the toolbar's scripts and styles under runserver.
+    INSTALLED_APPS += ["django.contrib.staticfiles", "debug_toolbar"]
+    # Above the pinning middleware, so that the router's panel sees the pin
+    # cookie the response sets, and the pinning middleware's own query.
+    MIDDLEWARE.insert(0, "debug_toolbar.middleware.DebugToolbarMiddleware")
+    INTERNAL_IPS = ["127.0.0.1"]
+    DEBUG_TOOLBAR_PANELS = [
+        *PANELS_DEFAULTS,
+        # Where each query ran (primary or replica) and why.
+        "replica_router.contrib.debug_toolbar.ReplicaRoutingPanel",
+    ]
 
 LOGGING = {
     "version": 1,

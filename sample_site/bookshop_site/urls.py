@@ -1,5 +1,7 @@
 from __future__ import annotations
 
+from django.apps import apps
+from django.conf import settings
 from django.contrib import admin
 from django.urls import include, path
 
@@ -12,3 +14,8 @@ urlpatterns = [
     path("health/replicas/", replica_health, name="replica-health"),
     path("admin/", admin.site.urls),
 ]
+
+if settings.DEBUG and apps.is_installed("debug_toolbar"):  # see settings.py
+    from debug_toolbar.toolbar import debug_toolbar_urls
+
+    urlpatterns += debug_toolbar_urls()

@@ -9,6 +9,9 @@ from contextlib import ExitStack, contextmanager
 import pytest
 from django.conf import settings
 from django.db import connections
+from selenium import webdriver
+from selenium.common.exceptions import NoSuchElementException, StaleElementReferenceException
+from selenium.webdriver.support.ui import WebDriverWait
 
 from bookshop import readstats
 
@@ -60,3 +63,13 @@ def wait_for(predicate: Callable[[], bool], what: str, timeout: float = 30.0) ->
 
 def router_settings(**changes: object) -> dict:
     return {**settings.REPLICA_ROUTER, **changes}
+
+
+def waiter(driver: webdriver.Chrome) -> WebDriverWait:
+    """A wait on the browser that polls often and rides out a page being redrawn."""
+    return WebDriverWait(
+        driver,
+        20,
+        poll_frequency=0.1,
+        ignored_exceptions=(NoSuchElementException, StaleElementReferenceException),
+    )

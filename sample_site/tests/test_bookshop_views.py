@@ -20,6 +20,9 @@ from bookshop.models import Book, Review
 from helpers import counted, db, recorded, router_settings, table_reads
 from replica_router.testing.cluster import Cluster
 
+# The bookshop's reads go to its replicas in these tests, as on the site.
+pytestmark = pytest.mark.replica_routing
+
 REPLICAS = ["replica_1", "replica_2"]
 # Replicas that lag must stay in rotation for these tests: what keeps a read
 # off them is the pin, not the health monitor.

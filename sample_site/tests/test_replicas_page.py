@@ -9,60 +9,22 @@ an operator looks at it.
 
 from __future__ import annotations
 
-import shutil
-import tempfile
 import urllib.request
-from collections.abc import Iterator
-from pathlib import Path
 
 import pytest
 from django.test import override_settings
 from selenium import webdriver
-from selenium.common.exceptions import NoSuchElementException, StaleElementReferenceException
-from selenium.webdriver.chrome.options import Options
-from selenium.webdriver.chrome.service import Service
 from selenium.webdriver.common.by import By
-from selenium.webdriver.support.ui import WebDriverWait
 
 from bookshop.factories import BookFactory
-from helpers import db, router_settings
+from helpers import db, router_settings, waiter
 from replica_router.testing.cluster import Cluster
 
-CHROMIUM = Path("/usr/bin/chromium")
-CHROMEDRIVER = Path("/usr/bin/chromedriver")
-FLAGS = [
-    "--headless",
-    "--no-sandbox",
-    "--disable-gpu",
-    "--disable-dev-shm-usage",
-    "--disable-background-networking",
-    "--disable-component-update",
-    "--disable-sync",
-    "--no-first-run",
-]
+# The bookshop's reads go to its replicas in these tests, as on the site.
+pytestmark = pytest.mark.replica_routing
+
 # Quick probes and a low lag threshold, so states change within a second or two.
 FAST = {"CHECK_INTERVAL": 0.25, "MAX_LAG_SECONDS": 1.0, "RECOVERY_CHECKS": 1}
-
-
-@pytest.fixture
-def browser() -> Iterator[webdriver.Chrome]:
-    for binary in (CHROMIUM, CHROMEDRIVER):
-        if not binary.exists():
-            pytest.fail(
-                f"{binary} is missing: apt-get install chromium chromium-driver "
-                "(make test-sample does, as root or with passwordless sudo)"
-            )
-    profile = tempfile.mkdtemp(prefix="bookshop-chromium-")
-    options = Options()
-    options.binary_location = str(CHROMIUM)
-    for flag in [*FLAGS, f"--user-data-dir={profile}"]:
-        options.add_argument(flag)
-    driver = webdriver.Chrome(service=Service(str(CHROMEDRIVER)), options=options)
-    try:
-        yield driver
-    finally:
-        driver.quit()
-        shutil.rmtree(profile, ignore_errors=True)
 
 
 def row(driver: webdriver.Chrome, alias: str):
@@ -71,15 +33,6 @@ def row(driver: webdriver.Chrome, alias: str):
 
 def cell(driver: webdriver.Chrome, alias: str, field: str) -> str:
     return row(driver, alias).find_element(By.CSS_SELECTOR, f'td[data-field="{field}"]').text
-
-
-def waiter(driver: webdriver.Chrome) -> WebDriverWait:
-    return WebDriverWait(
-        driver,
-        20,
-        poll_frequency=0.1,
-        ignored_exceptions=(NoSuchElementException, StaleElementReferenceException),
-    )
 
 
 @db

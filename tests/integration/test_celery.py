@@ -35,6 +35,8 @@ from tests.monotonic import configured, lagging_counter, measure
 from tests.polling import wait_for
 from tests.testapp.models import Author
 
+pytestmark = pytest.mark.replica_routing
+
 ALL = ["default", "replica_1", "replica_2"]
 db = pytest.mark.django_db(databases=ALL, transaction=True)
 

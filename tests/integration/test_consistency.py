@@ -30,6 +30,8 @@ from tests.monotonic import (
     went_back,
 )
 
+pytestmark = pytest.mark.replica_routing
+
 ALL = ["default", "replica_1", "replica_2"]
 db = pytest.mark.django_db(databases=ALL, transaction=True)
 #: Requests (or causal() blocks) per test: the issue's figure; a run takes seconds.

@@ -18,6 +18,7 @@ from django.core.management import call_command
 from django.db import OperationalError, connections, router, transaction
 from django.db.models.expressions import RawSQL
 from django.test import override_settings
+from django.test.utils import CaptureQueriesContext
 
 from replica_router.backends.postgresql.base import DatabaseWrapper
 from replica_router.health import State
@@ -30,7 +31,7 @@ from tests.polling import wait_for
 from tests.testapp.models import Author
 
 # make test runs these a second time through PgBouncer (see tests/settings.py).
-pytestmark = pytest.mark.pgbouncer
+pytestmark = [pytest.mark.pgbouncer, pytest.mark.replica_routing]
 
 ALL = ["default", "replica_1", "replica_2"]
 db = pytest.mark.django_db(databases=ALL, transaction=True)
@@ -85,6 +86,21 @@ def test_a_connection_that_breaks_mid_read_is_retried_elsewhere(
     killed("replica_1")
     assert served_port("replica_1") == replica_cluster.port("replica_2")
     assert slow_monitor.snapshot.node("replica_1").state is State.DOWN
+
+
+@db
+def test_a_read_run_again_is_recorded_twice_under_debug(
+    seeded, slow_monitor: Monitor, killed, replica_cluster: Cluster
+):
+    # connection.queries (DEBUG, CaptureQueriesContext, debug toolbars) lists
+    # every statement a server ran: the failed run and the run again.
+    assert served_port("replica_1") == replica_cluster.port("replica_1")
+    killed("replica_1")
+    with CaptureQueriesContext(connections["replica_1"]) as captured:
+        assert served_port("replica_1") == replica_cluster.port("replica_2")
+    statements = [query["sql"] for query in captured.captured_queries]
+    assert len(statements) == 2 and "inet_server_port()" in statements[0]
+    assert statements[0] == statements[1]
 
 
 @db

@@ -35,6 +35,8 @@ from tests.fleet import (
     settle_connections,
 )
 
+pytestmark = pytest.mark.replica_routing
+
 ALL = ["default", "replica_1", "replica_2"]
 db = pytest.mark.django_db(databases=ALL, transaction=True)
 

@@ -36,7 +36,7 @@ from tests.polling import wait_for
 from tests.testapp.models import Author
 
 # make test runs these a second time through PgBouncer (see tests/settings.py).
-pytestmark = pytest.mark.pgbouncer
+pytestmark = [pytest.mark.pgbouncer, pytest.mark.replica_routing]
 
 ALL = ["default", "replica_1", "replica_2"]
 db = pytest.mark.django_db(databases=ALL, transaction=True)

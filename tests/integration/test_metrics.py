@@ -36,6 +36,8 @@ from tests.factories import AuthorFactory
 from tests.polling import wait_for
 from tests.testapp.models import Author
 
+pytestmark = pytest.mark.replica_routing
+
 ALL = ["default", "replica_1", "replica_2"]
 REPLICAS = ["replica_1", "replica_2"]
 db = pytest.mark.django_db(databases=ALL, transaction=True)

@@ -32,6 +32,8 @@ from replica_router.management.commands.replica_health import COLUMNS
 from replica_router.testing.cluster import PRIMARY, Cluster
 from tests.testapp.models import Author
 
+pytestmark = pytest.mark.replica_routing
+
 ALL = ["default", "replica_1", "replica_2"]
 db = pytest.mark.django_db(databases=ALL, transaction=True)
 PASSWORD = "s3cret-pw"  # every alias's PASSWORD in tests.settings

@@ -23,7 +23,7 @@ from tests.factories import AuthorFactory, BookFactory
 from tests.testapp.models import Author, Book
 
 # make test runs these a second time through PgBouncer (see tests/settings.py).
-pytestmark = pytest.mark.pgbouncer
+pytestmark = [pytest.mark.pgbouncer, pytest.mark.replica_routing]
 
 ALL = ["default", "replica_1", "replica_2"]
 db = pytest.mark.django_db(databases=ALL, transaction=True)
@@ -170,3 +170,18 @@ def test_schema_operations_run_on_the_primary_only(replica_cluster: Cluster):
     finally:
         with connection.cursor() as cursor:
             cursor.execute("DROP TABLE IF EXISTS testapp_scratch")
+
+
+@db
+@pytest.mark.parametrize("alias", ["default", "replica_1"])
+def test_copy_is_recorded_in_connection_queries_like_any_statement(alias: str):
+    # Django's PostgreSQL debug cursor records cursor.copy(); the engine's
+    # cursors once lost it, so DEBUG pages and CaptureQueriesContext missed it.
+    statement = "COPY (SELECT 1) TO STDOUT"
+    with (
+        CaptureQueriesContext(connections[alias]) as captured,
+        connections[alias].cursor() as cursor,
+        cursor.copy(statement) as copy,
+    ):
+        assert [bytes(row) for row in copy] == [b"1\n"]
+    assert [query["sql"] for query in captured.captured_queries] == [statement]

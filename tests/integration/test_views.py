@@ -27,6 +27,8 @@ from replica_router.runtime import get_monitor
 from replica_router.testing.cluster import PRIMARY, Cluster
 from tests.testapp.models import Author
 
+pytestmark = pytest.mark.replica_routing
+
 ALL = ["default", "replica_1", "replica_2"]
 ALL_NODES = [PRIMARY, "replica_1", "replica_2"]
 db = pytest.mark.django_db(databases=ALL, transaction=True)

@@ -370,6 +370,14 @@ def test_w005_replica_without_the_failover_engine():
     assert "replica_router.backends.postgresql" in warning.hint
 
 
+def test_w011_primary_without_the_engine():
+    with databases(default={"ENGINE": "django.db.backends.postgresql"}):
+        [warning] = only(check_databases(None), "replica_router.W011")
+    assert "'default'" in warning.msg and "test" in warning.msg
+    assert "replica_router.backends.postgresql" in warning.hint
+    assert "replica_router.W011" not in ids(check_databases(None))
+
+
 def test_w010_a_replica_sharing_an_address_with_another_alias():
     primary = settings.DATABASES["default"]
     with (

@@ -254,3 +254,57 @@ def test_importing_the_package_stays_light():
         [sys.executable, "-c", code], capture_output=True, text=True, check=True
     ).stdout
     assert out.strip() == "[]"
+
+
+# -- databases outside the cluster -------------------------------------------
+# A project's second database ("other") is not the router's: Django decides
+# for it as it would with no router. Before, an object fetched from "other" had
+# its related objects read from the cluster, and saving a relation between two
+# objects on "other" raised "the current database router prevents this relation".
+
+
+def _on(db, obj):
+    obj._state.db = db
+    return obj
+
+
+@override_settings(REPLICA_ROUTER=WEIGHTED)
+def test_an_instance_hint_outside_the_cluster_is_left_to_django(router):
+    other = _on("other", Author(name="elsewhere"))
+    assert router.db_for_read(Book, instance=other) is None
+    assert router.db_for_write(Book, instance=other) is None
+    # ...so Django's own rule applies: the hint's database.
+    assert django_router.db_for_read(Book, instance=other) == "other"
+    assert django_router.db_for_write(Book, instance=other) == "other"
+
+
+@override_settings(REPLICA_ROUTER=WEIGHTED)
+def test_an_instance_hint_inside_the_cluster_is_routed(router):
+    assert router.db_for_write(Book, instance=_on("replica_1", Author())) == "default"
+    assert router.db_for_read(Book, instance=_on("default", Author())) in {"replica_1", "replica_2"}
+    assert router.db_for_read(Book, instance=Author()) in {"replica_1", "replica_2"}  # unsaved
+
+
+@override_settings(REPLICA_ROUTER=WEIGHTED)
+def test_relations_outside_the_cluster_are_left_to_django(router):
+    book, author = _on("other", Book()), _on("other", Author())
+    assert router.allow_relation(book, author) is None
+    assert django_router.allow_relation(book, author) is True  # same database
+    assert django_router.allow_relation(book, _on("default", Author())) is False
+    assert router.allow_relation(_on("replica_2", Book()), _on("default", Author())) is True
+
+
+@override_settings(REPLICA_ROUTER=WEIGHTED)
+def test_migrations_outside_the_cluster_are_left_to_django(router):
+    assert router.allow_migrate("default", "testapp") is True
+    assert router.allow_migrate("replica_1", "testapp") is False
+    assert router.allow_migrate("other", "testapp") is None
+
+
+@override_settings(REPLICA_ROUTER=WEIGHTED)
+def test_an_object_can_be_related_to_one_on_another_database():
+    # As Author.objects.using("other").create(first_book=book) does: the new
+    # object takes its database from the hint, and the relation is allowed.
+    book = Book(title="new")
+    book.author = _on("other", Author(name="elsewhere"))
+    assert book._state.db == "other"

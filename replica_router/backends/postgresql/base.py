@@ -37,6 +37,7 @@ from django.db.backends import utils
 from django.db.backends.postgresql import base
 from django.dispatch import receiver
 
+from replica_router.backends.postgresql.creation import DatabaseCreation
 from replica_router.backends.postgresql.cutoff import cut_connections_to
 from replica_router.backends.postgresql.faults import Fault, classify
 from replica_router.conf import CONNECT_TIMEOUT, get_config
@@ -55,6 +56,7 @@ class DatabaseWrapper(base.DatabaseWrapper):
     #: The primary's cursors note writes for read-your-writes themselves, so
     #: the app need not hook ``connection_created`` (see ``writes``).
     notes_writes = True
+    creation_class = DatabaseCreation
 
     def __init__(self, *args: Any, **kwargs: Any) -> None:
         super().__init__(*args, **kwargs)
@@ -301,16 +303,24 @@ class _RetryMixin:
         except OperationalError as exc:
             self.last_sql = sql
             return self.db.retry_read(
-                self, exc, lambda: _django_execute(self, sql, params, *ignored_wrapper_args)
+                self, exc, lambda: self._run_again(sql, params, *ignored_wrapper_args)
             )
+
+    def _run_again(self, sql: Any, params: Any, *ignored_wrapper_args: Any) -> Any:
+        return _django_execute(self, sql, params, *ignored_wrapper_args)
 
 
 class _RetryingCursorWrapper(_RetryMixin, utils.CursorWrapper):
     pass
 
 
-class _RetryingCursorDebugWrapper(_RetryMixin, utils.CursorDebugWrapper):
-    pass
+# The PostgreSQL backend's debug wrapper, whose copy() logs the COPY statement.
+class _RetryingCursorDebugWrapper(_RetryMixin, base.CursorDebugWrapper):
+    def _run_again(self, sql: Any, params: Any, *ignored_wrapper_args: Any) -> Any:
+        # Each run is a statement the server ran: the run again is recorded
+        # here, and execute()'s own record covers the failed run and this one.
+        with self.debug_sql(sql, params, use_last_executed_query=True):
+            return _django_execute(self, sql, params, *ignored_wrapper_args)
 
 
 class _WriteNotingMixin:
@@ -331,7 +341,7 @@ class _WriteNotingCursorWrapper(_WriteNotingMixin, utils.CursorWrapper):
     pass
 
 
-class _WriteNotingCursorDebugWrapper(_WriteNotingMixin, utils.CursorDebugWrapper):
+class _WriteNotingCursorDebugWrapper(_WriteNotingMixin, base.CursorDebugWrapper):
     pass
 
 
