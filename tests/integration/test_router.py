@@ -12,7 +12,7 @@ from __future__ import annotations
 from collections import Counter
 
 import pytest
-from django.db import connection, connections, models, router, transaction
+from django.db import DatabaseError, connection, connections, models, router, transaction
 from django.db.migrations.operations import CreateModel
 from django.db.migrations.state import ProjectState
 from django.test.utils import CaptureQueriesContext
@@ -185,3 +185,16 @@ def test_copy_is_recorded_in_connection_queries_like_any_statement(alias: str):
     ):
         assert [bytes(row) for row in copy] == [b"1\n"]
     assert [query["sql"] for query in captured.captured_queries] == [statement]
+
+
+@db
+def test_a_raw_locking_read_goes_to_a_replica_unless_sent_to_the_primary():
+    # Django cannot tell a raw SELECT ... FOR UPDATE from a read, so neither can
+    # a router: the standby refuses it, plainly. docs/router.md says to use
+    # use_primary() or .using() for it, as the primary is where locks are.
+    author = AuthorFactory()
+    locking = f"SELECT * FROM {Author._meta.db_table} FOR UPDATE"
+    with pytest.raises(DatabaseError, match="read-only transaction"):
+        list(Author.objects.raw(locking))
+    with use_primary(), transaction.atomic():
+        assert [row.pk for row in Author.objects.raw(locking)] == [author.pk]

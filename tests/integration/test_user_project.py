@@ -89,3 +89,16 @@ def test_pytest_passes_and_drops_its_database(replica_cluster: Cluster) -> None:
     result = _run(replica_cluster, sys.executable, "-m", "pytest", "-p", "no:cacheprovider", "-v")
     _assert_clean(replica_cluster, result)
     assert "10 passed" in result.stdout, result.stdout
+
+
+def test_manage_py_test_in_parallel_with_spawned_workers(replica_cluster: Cluster) -> None:
+    # Spawned workers (macOS's default) start with none of the parent's state:
+    # each learns of the test database from setup_worker_connection.
+    spawn = (
+        "import multiprocessing, runpy, sys; multiprocessing.set_start_method('spawn'); "
+        "sys.argv = ['manage.py', 'test', '--noinput', '--parallel', '2']; "
+        "runpy.run_path('manage.py', run_name='__main__')"
+    )
+    result = _run(replica_cluster, sys.executable, "-c", spawn)
+    _assert_clean(replica_cluster, result)
+    assert "Ran 7 tests" in result.stderr, result.stderr

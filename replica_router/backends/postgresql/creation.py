@@ -2,7 +2,8 @@
 
 Django's test runner and pytest-django call ``create_test_db`` on the primary,
 ``set_as_test_mirror`` on each replica that a test uses and that mirrors the
-primary, and ``destroy_test_db`` on the primary when the run ends. Those calls
+primary, ``setup_worker_connection`` in each worker of a parallel run, and
+``destroy_test_db`` on the primary when the run ends. Those calls
 are how the router knows that it serves a test, rather than a guess from
 ``sys.argv``: see :func:`replica_router.runtime._without_test_mirrors` and
 docs/testing.md.
@@ -10,6 +11,7 @@ docs/testing.md.
 
 from __future__ import annotations
 
+import multiprocessing
 from typing import Any
 
 from django.db import connections
@@ -35,6 +37,18 @@ class DatabaseCreation(creation.DatabaseCreation):
         )
         if primary and runtime.role_of(primary) is runtime.PRIMARY:
             runtime.note_test_database(mirror=self.connection.alias)
+
+    def setup_worker_connection(self, _worker_id: int) -> None:
+        # A worker of a parallel run. Forked, it has the parent's state already;
+        # spawned, it learns it here from the aliases the set-up used: a
+        # replica among them is a mirror (a standby cannot hold a test database).
+        if multiprocessing.get_start_method() != "fork":
+            role = self._role()
+            if role is runtime.PRIMARY:
+                runtime.note_test_database()
+            elif role is runtime.REPLICA and self.connection.settings_dict["TEST"].get("MIRROR"):
+                runtime.note_test_database(mirror=self.connection.alias)
+        super().setup_worker_connection(_worker_id)
 
     def destroy_test_db(self, *args: Any, **kwargs: Any) -> None:
         if self._role() is runtime.PRIMARY:
