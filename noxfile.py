@@ -35,7 +35,8 @@ if shutil.which("pyenv") and "PYENV_VERSION" not in os.environ:
 @nox.parametrize(("python", "django"), MATRIX, ids=[f"py{p}-django{d}" for p, d in MATRIX])
 def tests(session: nox.Session, django: str) -> None:
     session.install("--upgrade", "pip")
-    session.install("-e", ".[env]", "--group", "dev")
+    # demo brings gunicorn, which the fleet tests start (as make install does).
+    session.install("-e", ".[env]", "--group", "dev", "--group", "demo")
     session.install(f"django~={django}.0")
     session.run("python", "-c", "import django, sys; print(sys.version, django.__version__)")
     session.run("pytest", *session.posargs)
