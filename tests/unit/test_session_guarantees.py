@@ -10,6 +10,7 @@ from __future__ import annotations
 import asyncio
 import contextvars
 import math
+import random
 import threading
 import time
 from collections import Counter
@@ -224,6 +225,16 @@ def test_a_tight_budget_takes_only_replicas_whose_lag_plus_the_probe_gap_fits(ro
     assert {router.db_for_read(Author) for _ in range(8)} == {"replica_1", "replica_2"}
 
 
+@pytest.fixture
+def seeded_random():
+    """The weighted random order of a loose budget, made repeatable: 20 unseeded
+    picks missed one of two replicas about once in 300 runs."""
+    state = random.getstate()
+    random.seed(21)
+    yield
+    random.setstate(state)
+
+
 @override_settings(REPLICA_ROUTER=MEASURED)
 def test_lag_measured_long_ago_counts_the_time_since(router):
     # A stalled monitor: 0 lag measured 10 s ago may be 10 s of lag now.
@@ -235,7 +246,7 @@ def test_lag_measured_long_ago_counts_the_time_since(router):
 
 
 @override_settings(REPLICA_ROUTER=MEASURED)
-def test_a_loose_budget_reads_from_replicas_out_of_rotation_for_lag(router):
+def test_a_loose_budget_reads_from_replicas_out_of_rotation_for_lag(router, seeded_random):
     measured(replica_1=(40.0, 0, False), replica_2=(300.0, 0, False))
     assert router.db_for_read(Author) == "default"  # nothing in rotation: FALLBACK
     with max_lag(600):
