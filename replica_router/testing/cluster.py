@@ -675,9 +675,30 @@ class Cluster:
         RST: their connections stay open and nothing answers, and new
         connections wait in the listen queue. ``thaw`` lets it run again.
         """
-        for pid in self._processes(name):
-            with contextlib.suppress(ProcessLookupError):
-                os.kill(pid, signal.SIGSTOP)
+        # The postmaster first, and stopped for sure, before its children are
+        # listed: a backend it forks meanwhile (a pooler opening a server
+        # connection under load) would escape the freeze and go on answering
+        # through that pooler, so that the node never looked hung.
+        postmaster = self.pid(name)
+        if postmaster is None:
+            raise ClusterError(f"{name} is not running")
+        os.kill(postmaster, signal.SIGSTOP)
+        deadline = time.monotonic() + 10
+        while process_state(postmaster) not in ("T", None):  # None: it died meanwhile
+            if time.monotonic() > deadline:
+                raise ClusterError(f"{name}'s postmaster did not stop on SIGSTOP")
+            time.sleep(0.001)
+        stopped: set[int] = set()
+        while pending := [pid for pid in children(postmaster) if pid not in stopped]:
+            for pid in pending:
+                with contextlib.suppress(ProcessLookupError):
+                    os.kill(pid, signal.SIGSTOP)
+                stopped.add(pid)
+        # Returns once nothing of the node runs (an exited backend stays a zombie).
+        while any(process_state(pid) not in ("T", "Z", None) for pid in stopped):
+            if time.monotonic() > deadline:
+                raise ClusterError(f"{name}'s backends did not stop on SIGSTOP")
+            time.sleep(0.001)
 
     def thaw(self, name: str) -> None:
         """SIGCONT a node frozen by ``freeze`` (a running node is left as it is)."""

@@ -7,11 +7,13 @@ test meaningless.
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import subprocess
 import sys
 import tempfile
+import threading
 import time
 import uuid
 from concurrent.futures import ThreadPoolExecutor
@@ -23,7 +25,7 @@ import pytest
 
 from replica_router.testing.cluster import PRIMARY, Cluster, ClusterError
 from replica_router.testing.pgbouncer import PgBouncer
-from replica_router.testing.processes import process_alive
+from replica_router.testing.processes import children, process_alive, process_state
 
 
 def _table(cluster: Cluster) -> str:
@@ -230,6 +232,44 @@ def test_freeze_leaves_clients_hanging_until_thaw(own_cluster: Cluster) -> None:
             assert _cli(own_cluster, "thaw", "replica_1").returncode == 0
         assert pending.result(timeout=10) == (42,)
     assert not own_cluster.is_frozen("replica_1")
+
+
+def test_freeze_leaves_no_backend_running_while_clients_keep_connecting(
+    own_cluster: Cluster,
+) -> None:
+    # A pooler opens server connections all the time. freeze listed the node's
+    # processes before it stopped the postmaster, so a backend forked meanwhile
+    # escaped it and could go on answering through the pooler; and it returned
+    # before the backends it signalled had stopped. Either way the node could
+    # answer a probe while "frozen" (the chaos test's "replica_1 never left
+    # rotation", through PgBouncer).
+    stop = threading.Event()
+
+    def connect_again_and_again() -> None:
+        while not stop.is_set():
+            with contextlib.suppress(psycopg.Error):
+                psycopg.connect(own_cluster.conninfo("replica_1"), connect_timeout=2).close()
+
+    with ThreadPoolExecutor(4) as pool:
+        for _ in range(4):
+            pool.submit(connect_again_and_again)
+        try:
+            for _ in range(20):
+                own_cluster.freeze("replica_1")
+                try:
+                    postmaster = own_cluster.pid("replica_1")
+                    # Nothing of the node runs once freeze returns.
+                    running = [
+                        pid
+                        for pid in children(postmaster)
+                        if process_state(pid) not in ("T", "Z", None)
+                    ]
+                    assert running == [], "backends still running after freeze"
+                finally:
+                    own_cluster.thaw("replica_1")
+                time.sleep(0.05)
+        finally:
+            stop.set()
 
 
 def test_conflicts_makes_a_replica_cancel_conflicting_queries(own_cluster: Cluster) -> None:
