@@ -305,7 +305,9 @@ def test_a_promoted_replica_is_ejected_with_the_reason(
         # of rotation) on a loaded machine; it is not what this test is about.
         wait_for(lambda: node("replica_1").in_rotation)
         assert routed(20) == {"replica_1": 20}
-        assert ("replica_2", "healthy", "ejected") in [(a, o, n) for a, o, n, _ in state_changes]
+        # The monitor publishes the snapshot first, then sends the signal.
+        ejected = ("replica_2", "healthy", "ejected")
+        wait_for(lambda: ejected in [(a, o, n) for a, o, n, _ in state_changes])
     finally:
         connections["replica_2"].close_pool()
         replica_cluster.rebuild("replica_2")
