@@ -70,6 +70,10 @@ full_page_writes = off
 wal_level = replica
 max_wal_senders = 10
 wal_keep_size = 512MB
+# A killed standby replays from its last restartpoint, which follows the
+# primary's checkpoints: with the default 5 min, a busy test run left it more
+# WAL to redo than a start waits for ("could not start replica_1", test-matrix).
+checkpoint_timeout = 30s
 hot_standby = on
 hot_standby_feedback = on
 wal_receiver_status_interval = 1s
