@@ -1,5 +1,5 @@
-# Thin targets; the logic lives in pyproject.toml, noxfile.py and
-# replica_router/testing/cluster.py.
+# Thin targets; the logic lives in pyproject.toml, noxfile.py and the cluster
+# tool, replica_router/testing/cluster.py (its command line: cluster_cli.py).
 PYTHON ?= python3
 VENV ?= .venv
 BIN := $(VENV)/bin
