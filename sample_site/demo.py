@@ -29,13 +29,22 @@ import urllib.request
 from collections.abc import Sequence
 from pathlib import Path
 
-SITE_DIR = Path(__file__).resolve().parent
-sys.path.insert(0, str(SITE_DIR))
+sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 from bookshop_site.local_cluster import (  # noqa: E402
     DEMO_WEIGHTS,
     cluster_urls,
     default_cluster_dir,
+)
+from demo_site import (  # noqa: E402
+    GUNICORN_CONF,
+    SITE_DIR,
+    DemoError,
+    manage_command,
+    pid_file,
+    site_env,
+    site_file,
+    site_url,
 )
 from replica_router.testing.cluster import (  # noqa: E402
     Cluster,
@@ -43,14 +52,10 @@ from replica_router.testing.cluster import (  # noqa: E402
     process_alive,
     processes_with,
 )
+from tour import run_tour  # noqa: E402
 
 REPLICAS = 2
 PREFERRED_PORT = 8000
-GUNICORN_CONF = SITE_DIR / "bookshop_site" / "gunicorn.conf.py"
-
-
-class DemoError(RuntimeError):
-    """A step of the demo failed; the message says which and why."""
 
 
 def say(text: str = "") -> None:
@@ -62,28 +67,7 @@ def step(text: str) -> None:
     say(f"==> {text}")
 
 
-# -- the site's environment and commands -------------------------------------------
-
-
-def site_env(directory: Path, **extra: str) -> dict[str, str]:
-    """The environment the site's processes run with: the demo cluster's, nothing else.
-
-    DATABASE_URL and REPLICA_URLS are removed, so that a shell that has them
-    set for another project cannot point the demo (and its teardown) elsewhere;
-    the settings then read the cluster in REPLICA_ROUTER_CLUSTER_DIR.
-    """
-    env = {k: v for k, v in os.environ.items() if k not in ("DATABASE_URL", "REPLICA_URLS")}
-    env.update(
-        REPLICA_ROUTER_CLUSTER_DIR=str(directory),
-        DJANGO_SETTINGS_MODULE="bookshop_site.settings",
-        PYTHONUNBUFFERED="1",
-        **extra,
-    )
-    return env
-
-
-def manage_command() -> list[str]:
-    return [sys.executable, str(SITE_DIR / "manage.py")]
+# -- the site's commands ------------------------------------------------------------
 
 
 def manage(directory: Path, *args: str) -> None:
@@ -151,24 +135,6 @@ def pick_port(preferred: int = PREFERRED_PORT) -> int:
         return port
 
 
-def _pid_file(directory: Path) -> Path:
-    return directory / "gunicorn.pid"
-
-
-def _site_file(directory: Path) -> Path:
-    return directory / "site.json"
-
-
-def site_url(directory: Path) -> str:
-    try:
-        url: str = json.loads(_site_file(directory).read_text())["url"]
-    except (OSError, ValueError, KeyError):
-        raise DemoError(
-            f"The demo site is not running ({_site_file(directory)} is missing)."
-        ) from None
-    return url
-
-
 def start_gunicorn(directory: Path, port: int) -> str:
     gunicorn = Path(sys.executable).parent / "gunicorn"
     if not gunicorn.exists():
@@ -185,7 +151,7 @@ def start_gunicorn(directory: Path, port: int) -> str:
                 "--bind",
                 f"127.0.0.1:{port}",
                 "--pid",
-                str(_pid_file(directory)),
+                str(pid_file(directory)),
             ],
             cwd=SITE_DIR,
             env=site_env(directory),
@@ -196,7 +162,7 @@ def start_gunicorn(directory: Path, port: int) -> str:
             # which keeps running after the demo ends, until ``down``.
             start_new_session=True,
         )
-    _site_file(directory).write_text(json.dumps({"url": url, "pid": process.pid}))
+    site_file(directory).write_text(json.dumps({"url": url, "pid": process.pid}))
     deadline = time.monotonic() + 30
     while True:
         if process.poll() is not None:
@@ -217,7 +183,7 @@ def start_gunicorn(directory: Path, port: int) -> str:
 
 def _gunicorn_pids(directory: Path) -> list[int]:
     """The demo's gunicorn master and workers: their command line names our pid file."""
-    return processes_with(b"gunicorn", str(_pid_file(directory)).encode())
+    return processes_with(b"gunicorn", str(pid_file(directory)).encode())
 
 
 def stop_gunicorn(directory: Path, *, quiet: bool = False) -> None:
@@ -237,7 +203,7 @@ def stop_gunicorn(directory: Path, *, quiet: bool = False) -> None:
     for pid in pids:
         with contextlib.suppress(ChildProcessError, OSError):
             os.waitpid(pid, os.WNOHANG)
-    for path in (_pid_file(directory), _site_file(directory)):
+    for path in (pid_file(directory), site_file(directory)):
         path.unlink(missing_ok=True)
     if pids and not quiet:
         say(f"stopped gunicorn (pids {', '.join(map(str, sorted(pids)))})")
@@ -281,12 +247,6 @@ def up(directory: Path, port: int) -> int:
     say(f"  health JSON:       {url}/health/replicas/")
     say("Stop it and the cluster with: make demo-down")
     return 0
-
-
-def run_tour(directory: Path, cluster: Cluster, url: str) -> None:
-    import tour
-
-    tour.Tour(url, cluster, manage_command(), site_env(directory)).run()
 
 
 def down(directory: Path) -> int:
