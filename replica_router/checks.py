@@ -19,8 +19,8 @@ from django.conf import settings
 from django.core.checks import CheckMessage, Error, Warning
 from django.utils.module_loading import import_string
 
-from replica_router.conf import FAILOVER_ENGINE, SETTING_NAME, RouterConfig, parse_settings
-from replica_router.health.aliases import address_in
+from replica_router.conf import FAILOVER_ENGINE, RouterConfig, parse_settings
+from replica_router.conf_values import SETTING_NAME
 from replica_router.health.policy import probe_gap
 
 __all__ = [
@@ -170,7 +170,7 @@ def check_health_sharing(
 
 @_never_raise
 def check_databases(app_configs: Iterable[Any] | None = None, **kwargs: Any) -> list[CheckMessage]:
-    """E001, E002, E007, W001, W002, W005, W010, W011: the aliases the router uses,
+    """E001, E002, E007, W001, W002, W005, W011: the aliases the router uses,
     against DATABASES."""
     config = _config()
     databases = _databases()
@@ -179,32 +179,7 @@ def check_databases(app_configs: Iterable[Any] | None = None, **kwargs: Any) -> 
         conf = databases.get(alias)
         if conf is not None:
             messages += _alias_problems(alias, conf, config.primary)
-    return messages + _shared_addresses(config, databases)
-
-
-def _shared_addresses(
-    config: RouterConfig, databases: Mapping[str, Mapping[Any, Any]]
-) -> list[CheckMessage]:
-    """W010: a replica's server address is another alias's too."""
-    by_address: dict[tuple[str, str], list[str]] = {}
-    for alias in [config.primary, *config.replicas]:
-        conf = databases.get(alias)
-        if isinstance(conf, Mapping):
-            by_address.setdefault(address_in(conf), []).append(alias)
-    return [
-        Warning(
-            f"The aliases {', '.join(map(repr, aliases))} share the address {host}:{port}. "
-            "When a replica is found down, the failover backend cuts this process's "
-            "connections to its address, so that reads waiting on it run elsewhere: "
-            "the connections of the others would be cut with them.",
-            hint="Give each node an address of its own (behind PgBouncer, one PgBouncer "
-            "address per node: docs/pgbouncer.md). If they are one server on purpose, "
-            "as in development, add replica_router.W010 to SILENCED_SYSTEM_CHECKS.",
-            id="replica_router.W010",
-        )
-        for (host, port), aliases in by_address.items()
-        if len(aliases) > 1 and any(alias in config.replicas for alias in aliases)
-    ]
+    return messages
 
 
 def _missing_aliases(

@@ -4,7 +4,8 @@ Every key and its default lives in :data:`DEFAULTS`. Adding a setting is one lin
 there plus one field on :class:`RouterConfig` (the field is the key lower-cased);
 its value is validated from the type of its default, or from :data:`CHOICES` for
 a string with a fixed set of values, unless it needs a parser of its own in
-``_PARSERS``.
+``_PARSERS``. The parsers, and the problem each reports, are in
+:mod:`replica_router.conf_values`.
 
 :func:`parse_settings` never raises: it returns the best config it can build plus
 a list of problems, so that the system checks can report every problem at once.
@@ -18,17 +19,35 @@ from __future__ import annotations
 
 import difflib
 import functools
-import importlib.util
-import math
-import re
-from collections.abc import Callable, Mapping
+from collections.abc import Mapping
 from dataclasses import dataclass, fields
-from pathlib import PurePath
 from types import MappingProxyType
-from typing import Any, Final, Literal, NamedTuple
+from typing import Any, Final, Literal
 
 from django.conf import settings
 
+from replica_router.conf_values import (
+    SETTING_NAME,
+    ConfigProblem,
+    Invalid,
+    Parser,
+    bad_value,
+    is_alias,
+    one_of,
+    parse_alias,
+    parse_bool,
+    parse_cache_alias,
+    parse_cookie_name,
+    parse_directory,
+    parse_metrics,
+    parse_positive_float,
+    parse_positive_int,
+    parse_primary_only,
+    parse_transaction_pooling,
+    prometheus_installed,
+    setting_key,
+    show,
+)
 from replica_router.exceptions import ReplicaRouterConfigError
 
 __all__ = [
@@ -43,8 +62,6 @@ __all__ = [
     "parse_settings",
     "prometheus_installed",
 ]
-
-SETTING_NAME: Final = "REPLICA_ROUTER"
 
 DEFAULTS: Final[Mapping[str, object]] = MappingProxyType(
     {
@@ -132,202 +149,31 @@ class RouterConfig:
     transaction_pooling: bool | frozenset[str]
 
 
-class ConfigProblem(NamedTuple):
-    """One thing wrong with ``settings.REPLICA_ROUTER``, worded for a system check."""
-
-    id: str
-    message: str
-    hint: str
-
-
-class _Invalid(Exception):
-    """Raised by a value parser; carries the problem to report."""
-
-    def __init__(self, problem: ConfigProblem) -> None:
-        super().__init__(problem.message)
-        self.problem = problem
-
-
-def _show(value: object, limit: int = 80) -> str:
-    """repr() for messages: short, and never raising on a hostile object."""
-    try:
-        text = repr(value)
-    except Exception:
-        return f"<{type(value).__name__} object>"
-    return text if len(text) <= limit else text[: limit - 3] + "..."
-
-
-def _key(name: str) -> str:
-    return f"{SETTING_NAME}[{name!r}]"
-
-
-def _bad_value(name: str, value: object, expected: str, hint: str | None = None) -> _Invalid:
-    return _Invalid(
-        ConfigProblem(
-            "replica_router.E009",
-            f"{_key(name)} must be {expected}, not {_show(value)}.",
-            hint
-            or f"Set {_key(name)} to {expected}, or remove it to use the default "
-            f"{_show(DEFAULTS[name])}.",
-        )
-    )
-
-
-def _is_alias(value: object) -> bool:
-    return isinstance(value, str) and bool(value)
-
-
-# -- parsers for one value ------------------------------------------------------
-# Each takes (name, value) and returns the parsed value or raises _Invalid.
-
-
-def _parse_alias(name: str, value: object) -> str:
-    if not isinstance(value, str) or not value:
-        raise _bad_value(name, value, "a database alias (a non-empty str)")
-    return value
-
-
-def _parse_positive_float(name: str, value: object) -> float:
-    # bool is an int; True seconds is a typo, not a number.
-    if isinstance(value, bool) or not isinstance(value, int | float):
-        raise _bad_value(name, value, "a positive number")
-    result = float(value)
-    if not (result > 0 and math.isfinite(result)):
-        raise _bad_value(name, value, "a positive number")
-    return result
-
-
-def _parse_bool(name: str, value: object) -> bool:
-    if not isinstance(value, bool):
-        raise _bad_value(name, value, "True or False")
-    return value
-
-
-def _parse_positive_int(name: str, value: object) -> int:
-    if isinstance(value, bool) or not isinstance(value, int) or value <= 0:
-        raise _bad_value(name, value, "a positive int")
-    return value
-
-
-def _parse_choice(name: str, value: object) -> str:
-    choices = CHOICES[name]
-    if value not in choices:
-        expected = "one of " + ", ".join(repr(c) for c in choices)
-        raise _bad_value(name, value, expected)
-    return str(value)
-
-
-_COOKIE_NAME = re.compile(r"[!#$%&'*+\-.^_`|~0-9A-Za-z]+")  # RFC 6265 token
-
-
-def _parse_cache_alias(name: str, value: object) -> str:
-    if not isinstance(value, str) or not value:
-        raise _bad_value(name, value, "a cache alias (a non-empty str)")
-    return value
-
-
-def _parse_directory(name: str, value: object) -> str | None:
-    if value is None:
-        return None
-    if not isinstance(value, str | PurePath) or not str(value):
-        raise _bad_value(name, value, "a directory path (a str), or None")
-    return str(value)
-
-
-def _parse_cookie_name(name: str, value: object) -> str:
-    if not isinstance(value, str) or not _COOKIE_NAME.fullmatch(value):
-        raise _bad_value(name, value, "a cookie name (letters, digits and !#$%&'*+-.^_`|~)")
-    return value
-
-
-def _parse_primary_only(name: str, value: object) -> frozenset[str]:
-    if isinstance(value, str) or not isinstance(value, list | tuple | set | frozenset):
-        raise _bad_value(
-            name,
-            value,
-            "a list of app labels and model labels",
-            hint="For example ['sessions', 'billing.Invoice'].",
-        )
-    entries: set[str] = set()
-    for entry in value:
-        if not isinstance(entry, str) or not entry:
-            raise _bad_value(
-                name,
-                value,
-                "a list of app labels and model labels",
-                hint=f"Each entry must be a non-empty str; {_show(entry)} is not.",
-            )
-        entries.add(entry.lower())
-    return frozenset(entries)
-
-
-def prometheus_installed() -> bool:
-    """Whether prometheus-client (the ``metrics`` extra) can be imported."""
-    try:
-        return importlib.util.find_spec("prometheus_client") is not None
-    except (ImportError, ValueError):
-        return False
-
-
-def _parse_metrics(name: str, value: object) -> bool:
-    if isinstance(value, str) and value == "auto":
-        return prometheus_installed()
-    if not isinstance(value, bool):
-        raise _bad_value(name, value, "True, False or 'auto'")
-    if value and not prometheus_installed():
-        raise _Invalid(
-            ConfigProblem(
-                "replica_router.E010",
-                f"{_key(name)} is True, but prometheus-client is not installed.",
-                "Install the metrics extra: pip install 'django-replica-router[metrics]'; "
-                f"or set {_key(name)} to 'auto' (on when it is installed) or False.",
-            )
-        )
-    return value
-
-
-def _parse_transaction_pooling(name: str, value: object) -> bool | frozenset[str]:
-    if isinstance(value, bool):
-        return value
-    if (
-        isinstance(value, str)
-        or not isinstance(value, list | tuple | set | frozenset)
-        or not all(_is_alias(alias) for alias in value)
-    ):
-        raise _bad_value(
-            name,
-            value,
-            "True, False or a list of database aliases",
-            hint="For example ['default', 'replica_1'], or True for every alias the router uses.",
-        )
-    return frozenset(value)
-
-
-_PARSERS: Final[Mapping[str, Callable[[str, object], object]]] = MappingProxyType(
+_PARSERS: Final[Mapping[str, Parser]] = MappingProxyType(
     {
-        "PRIMARY": _parse_alias,
-        "HEALTH_CACHE": _parse_cache_alias,
-        "HEALTH_DIR": _parse_directory,
-        "PRIMARY_ONLY": _parse_primary_only,
-        "COOKIE_NAME": _parse_cookie_name,
-        "METRICS": _parse_metrics,
-        "TRANSACTION_POOLING": _parse_transaction_pooling,
+        "PRIMARY": parse_alias,
+        "HEALTH_CACHE": parse_cache_alias,
+        "HEALTH_DIR": parse_directory,
+        "PRIMARY_ONLY": parse_primary_only,
+        "COOKIE_NAME": parse_cookie_name,
+        "METRICS": parse_metrics,
+        "TRANSACTION_POOLING": parse_transaction_pooling,
     }
 )
 
 
-def _parser_for(name: str) -> Callable[[str, object], object]:
+def _parser_for(name: str) -> Parser:
     if name in _PARSERS:
         return _PARSERS[name]
     if name in CHOICES:
-        return _parse_choice
+        return one_of(CHOICES[name])
     default = DEFAULTS[name]
     if isinstance(default, bool):
-        return _parse_bool
+        return parse_bool
     if isinstance(default, float):
-        return _parse_positive_float
+        return parse_positive_float
     if isinstance(default, int):
-        return _parse_positive_int
+        return parse_positive_int
     raise AssertionError(f"No parser for {name}: add one to _PARSERS.")  # pragma: no cover
 
 
@@ -346,7 +192,9 @@ def _replica_items(
             else "For example {'replica_1': 2, 'replica_2': 1} or ['replica_1', 'replica_2']."
         )
         problems.append(
-            _bad_value(name, value, "a dict of alias to weight, or a list of aliases", hint).problem
+            bad_value(
+                name, value, "a dict of alias to weight, or a list of aliases", DEFAULTS[name], hint
+            ).problem
         )
         return None
     items: list[tuple[object, object]] = []
@@ -356,7 +204,7 @@ def _replica_items(
             problems.append(
                 ConfigProblem(
                     "replica_router.E005",
-                    f"{_key(name)} lists {alias!r} more than once.",
+                    f"{setting_key(name)} lists {alias!r} more than once.",
                     "List each alias once. To give a replica a bigger share of reads, "
                     f"use a dict of weights, e.g. {{{alias!r}: 2}}.",
                 )
@@ -373,25 +221,26 @@ def _replica_problem(
 ) -> ConfigProblem | None:
     """What is wrong with one REPLICAS entry, or None."""
     name = "REPLICAS"
-    if not _is_alias(alias):
-        return _bad_value(
+    if not is_alias(alias):
+        return bad_value(
             name,
             value,
             "a dict of alias to weight, or a list of aliases",
-            hint=f"Each alias must be a non-empty str; {_show(alias)} is not.",
+            DEFAULTS[name],
+            hint=f"Each alias must be a non-empty str; {show(alias)} is not.",
         ).problem
     if isinstance(weight, bool) or not isinstance(weight, int) or not 0 <= weight <= MAX_WEIGHT:
         return ConfigProblem(
             "replica_router.E004",
-            f"{_key(name)} gives {alias!r} the weight {_show(weight)}; a weight must be "
+            f"{setting_key(name)} gives {alias!r} the weight {show(weight)}; a weight must be "
             f"an int from 0 to {MAX_WEIGHT}.",
             "Use 1 for an equal share, a bigger int for a bigger share, and 0 to drain a replica.",
         )
     if alias == primary:
         return ConfigProblem(
             "replica_router.E003",
-            f"{_key(name)} lists the primary {alias!r} as a replica.",
-            f"Remove {alias!r} from {_key(name)}: reads already go to the primary "
+            f"{setting_key(name)} lists the primary {alias!r} as a replica.",
+            f"Remove {alias!r} from {setting_key(name)}: reads already go to the primary "
             "when no replica can serve them (see FALLBACK).",
         )
     return None
@@ -421,7 +270,7 @@ def parse_settings(raw: object) -> tuple[RouterConfig, list[ConfigProblem]]:
         problems.append(
             ConfigProblem(
                 "replica_router.E008",
-                f"settings.{SETTING_NAME} must be a dict, not {type(raw).__name__} {_show(raw)}.",
+                f"settings.{SETTING_NAME} must be a dict, not {type(raw).__name__} {show(raw)}.",
                 f"Write {SETTING_NAME} = {{'REPLICAS': {{'replica_1': 1}}}}; "
                 "see docs/settings.md for every key.",
             )
@@ -440,7 +289,7 @@ def parse_settings(raw: object) -> tuple[RouterConfig, list[ConfigProblem]]:
             problems.append(
                 ConfigProblem(
                     "replica_router.E008",
-                    f"settings.{SETTING_NAME} has an unknown key {_show(key)}.",
+                    f"settings.{SETTING_NAME} has an unknown key {show(key)}.",
                     f"{suggestion}The valid keys are {', '.join(DEFAULTS)}.",
                 )
             )
@@ -449,14 +298,15 @@ def parse_settings(raw: object) -> tuple[RouterConfig, list[ConfigProblem]]:
     for name, default in DEFAULTS.items():
         if name == "REPLICAS":
             continue  # needs PRIMARY; parsed below.
+        parse = _parser_for(name)
         if name not in raw:
-            values[name.lower()] = _parser_for(name)(name, default)
+            values[name.lower()] = parse(name, default, default)
             continue
         try:
-            values[name.lower()] = _parser_for(name)(name, raw[name])
-        except _Invalid as invalid:
+            values[name.lower()] = parse(name, raw[name], default)
+        except Invalid as invalid:
             problems.append(invalid.problem)
-            values[name.lower()] = _parser_for(name)(name, default)
+            values[name.lower()] = parse(name, default, default)
 
     replicas = _parse_replicas(raw.get("REPLICAS", {}), values["primary"], problems)
     values["replicas"] = MappingProxyType(replicas)

@@ -24,7 +24,7 @@ CLUSTER = Cluster(_cluster_dir) if _cluster_dir else None
 REPLICA_NAMES = CLUSTER.replicas if CLUSTER is not None else ["replica_1", "replica_2"]
 VIA_PGBOUNCER = os.environ.get("REPLICA_ROUTER_TEST_PGBOUNCER") == "1"
 # Ports 9 (discard), 19 and 29 on loopback: nothing of ours listens there. One
-# per node, as a real site has (check W010).
+# per node, as a real site has.
 _NO_SERVER_PORTS = {"primary": 9, "replica_1": 19, "replica_2": 29}
 
 
