@@ -2,8 +2,8 @@
 
 Both serve :meth:`Snapshot.as_dict <replica_router.health.model.Snapshot.as_dict>`;
 with topology, each node also gets ``pool``: the statistics of the psycopg pool
-that Django keeps for that alias in *this* process, or None when this process
-has none. Reading them is an in-memory lookup; it never opens a connection.
+that Django keeps for that alias in *this* process, or None when the alias is
+not pooled. Reading them is an in-memory lookup; it never opens a connection.
 The schema is documented in docs/health.md.
 """
 
@@ -25,17 +25,16 @@ def pool_stats(alias: str) -> dict[str, int] | None:
 
     ``size`` is every connection the pool holds (in use or not), ``idle`` those
     ready to be handed out, ``waiting`` the requests queued for a connection.
+    None when the alias is not pooled.
     """
-    # Django keeps one pool per alias on the backend class, created on first use.
-    from django.db.backends.postgresql.base import DatabaseWrapper
+    from django.db import connections
 
-    pools: Mapping[str, Any] = getattr(DatabaseWrapper, "_connection_pools", {})
-    pool = pools.get(alias)
-    if pool is None:
-        return None
     try:
-        stats: Mapping[str, int] = pool.get_stats()
-    except Exception:  # a pool being closed by another thread
+        pool = getattr(connections[alias], "pool", None)  # Django's pool, Django 5.1+
+        stats: Mapping[str, int] = {} if pool is None else pool.get_stats()
+    except Exception:  # misconfigured, or a pool being closed by another thread
+        return None
+    if pool is None:
         return None
     return {field: int(stats.get(key, 0)) for field, key in POOL_FIELDS.items()}
 

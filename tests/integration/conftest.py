@@ -9,9 +9,9 @@ import pytest
 from django.conf import settings
 from django.core.signals import setting_changed
 from django.db import connections
-from django.db.backends.postgresql.base import DatabaseWrapper
 
 from replica_router.testing.cluster import PRIMARY, Cluster
+from tests.pools import close_pools
 
 
 def pytest_collection_modifyitems(config, items):
@@ -89,8 +89,7 @@ def outage(replica_cluster: Cluster) -> Iterator[Cluster]:
             replica_cluster.wait_replayed()
         finally:
             connections.close_all()
-            for alias in list(DatabaseWrapper._connection_pools):
-                connections[alias].close_pool()
+            close_pools()
             # What override_settings sends: the router drops its monitor and
             # builds a fresh one on the next read.
             setting_changed.send(

@@ -18,7 +18,6 @@ import psycopg
 import pytest
 from django.conf import settings
 from django.db import close_old_connections, connections, router
-from django.db.backends.postgresql.base import DatabaseWrapper
 from django.db.models.expressions import RawSQL
 from django.test import override_settings
 from prometheus_client import REGISTRY
@@ -26,6 +25,7 @@ from prometheus_client import REGISTRY
 from replica_router.runtime import get_monitor
 from replica_router.testing.cluster import PRIMARY, Cluster
 from tests.polling import wait_for
+from tests.pools import close_pools
 from tests.testapp.models import Author
 
 # make test runs these a second time through PgBouncer (see tests/settings.py).
@@ -381,6 +381,4 @@ def _restore(cluster: Cluster) -> None:
     cluster.wait_streaming()
     cluster.wait_replayed()
     connections.close_all()
-    pools = DatabaseWrapper._connection_pools
-    for alias in list(pools):
-        pools.pop(alias).close()
+    close_pools()

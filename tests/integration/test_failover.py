@@ -28,6 +28,7 @@ from replica_router.signals import replica_state_changed
 from replica_router.testing.cluster import PRIMARY, Cluster
 from tests.factories import AuthorFactory
 from tests.polling import wait_for
+from tests.pools import close_pools
 from tests.testapp.models import Author
 
 # make test runs these a second time through PgBouncer (see tests/settings.py).
@@ -139,28 +140,28 @@ def checked_pool() -> Iterator[None]:
 
 
 def _forget_pool(alias: str) -> None:
-    pool = DatabaseWrapper._connection_pools.pop(alias, None)  # type: ignore[attr-defined]
-    if pool is not None:
-        pool.close()
+    close_pools()
 
 
 @db
-def test_a_pooled_replica_whose_connections_fail_their_health_check_is_read_around_at_once(
-    seeded, slow_monitor: Monitor, killed, replica_cluster: Cluster, checked_pool
+def test_a_pooled_replica_whose_connections_fail_their_health_check_is_read_around_once_found_down(
+    seeded, killed, replica_cluster: Cluster, checked_pool
 ):
     """With CONN_HEALTH_CHECKS, psycopg_pool checks a connection before it
-    hands it out and, when the check fails, tries the next one and then waits
-    for a new one until its timeout: every read of a dead replica's pool would
-    sit out the pool timeout before failing over. The first failed check takes
-    the replica out instead, and the read goes elsewhere."""
-    assert served_port("replica_2") == replica_cluster.port("replica_2")
-    connections["replica_2"].close()  # back to the pool, still open
-    killed("replica_2")
-    assert served_port("replica_2") == replica_cluster.port("replica_1")
-    node = slow_monitor.snapshot.node("replica_2")
-    assert node.state is State.DOWN
-    # Not "couldn't get a connection after 30.00 sec": the pool timeout.
-    assert "couldn't get a connection" not in (node.last_error or ""), node.last_error
+    hands it out and, when the check fails, waits for a new one until its
+    timeout. The monitor finds the replica down and its pool is closed, which
+    wakes the read; it goes elsewhere, not after the pool timeout."""
+    with override_settings(REPLICA_ROUTER={**settings.REPLICA_ROUTER, "CHECK_INTERVAL": 0.2}):
+        router.db_for_read(Author)
+        monitor = get_monitor()
+        assert served_port("replica_2") == replica_cluster.port("replica_2")
+        connections["replica_2"].close()  # back to the pool, still open
+        killed("replica_2")
+        assert served_port("replica_2") == replica_cluster.port("replica_1")
+        node = monitor.snapshot.node("replica_2")
+        assert node.state is State.DOWN
+        # Not "couldn't get a connection after 30.00 sec": the pool timeout.
+        assert "couldn't get a connection" not in (node.last_error or ""), node.last_error
 
 
 @db
@@ -215,9 +216,7 @@ def test_a_down_pool_does_not_storm_the_server_or_grow_threads(
         # The pool the failure left behind is gone (closed by the backend) or,
         # if the monitor noticed first, still holds connections to the dead
         # server: either way a fresh one serves the replica's return.
-        stale_pool = DatabaseWrapper._connection_pools.pop("replica_2", None)
-        if stale_pool is not None:
-            stale_pool.close()
+        close_pools()
         assert served_port("replica_2") == replica_cluster.port("replica_2")
 
 

@@ -19,12 +19,12 @@ from asgiref.sync import async_to_sync
 from django.conf import settings
 from django.contrib.auth.models import User
 from django.db import connections
-from django.db.backends.postgresql.base import DatabaseWrapper
 from django.db.backends.signals import connection_created
 from django.test import AsyncClient, override_settings
 
 from replica_router.runtime import get_monitor
 from replica_router.testing.cluster import PRIMARY, Cluster
+from tests.pools import close_pools
 from tests.testapp.models import Author
 
 pytestmark = pytest.mark.replica_routing
@@ -269,8 +269,7 @@ def test_a_thousand_requests_open_no_database_connection(client, replica_cluster
         # Nothing of this process stays connected, so that a query would need a
         # new connection; pools are closed, so none reconnects in the background.
         connections.close_all()
-        for alias in list(DatabaseWrapper._connection_pools):
-            connections[alias].close_pool()
+        close_pools()
 
         created: list[str] = []
 

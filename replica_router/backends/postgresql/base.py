@@ -26,7 +26,6 @@ health monitor puts it back in rotation.
 from __future__ import annotations
 
 import contextlib
-import functools
 import logging
 from collections.abc import Callable
 from typing import Any
@@ -36,12 +35,13 @@ from django.db import OperationalError
 from django.db.backends import utils
 from django.db.backends.postgresql import base
 from django.dispatch import receiver
+from psycopg_pool import PoolClosed
 
 from replica_router.backends.postgresql.creation import DatabaseCreation
-from replica_router.backends.postgresql.cutoff import cut_connections_to
 from replica_router.backends.postgresql.faults import Fault, classify
+from replica_router.backends.postgresql.pools import close_pool_soon
 from replica_router.conf import CONNECT_TIMEOUT, get_config
-from replica_router.health.aliases import address
+from replica_router.cutoff import registry
 from replica_router.router import alternative_for
 from replica_router.runtime import PRIMARY, REPLICA, get_counters, get_monitor, role_of
 from replica_router.signals import replica_state_changed
@@ -127,27 +127,33 @@ class DatabaseWrapper(base.DatabaseWrapper):
             # Raced with the monitor: do not wait on a server known to be dead.
             return self._connect_elsewhere(None)
         try:
-            connection = super().get_new_connection(conn_params)
+            if self.pool:
+                connection = super().get_new_connection(conn_params)
+                registry.register(self.alias, connection)
+            else:
+                connection = registry.connect(
+                    self.alias, lambda: super(DatabaseWrapper, self).get_new_connection(conn_params)
+                )
+        except PoolClosed as exc:  # closed after the replica was found down: see _cut_off
+            return self._connect_elsewhere(exc)
         except psycopg.Error as exc:  # refused, reset, timed out, PoolTimeout, a conflict
+            if _known_down(self.alias):  # cut meanwhile: it is reported already
+                return self._connect_elsewhere(exc)
             if classify(exc, None) is Fault.CONFLICT:
                 _count_conflict(self.alias)
             else:
                 _server_failed(self.alias, exc)
             return self._connect_elsewhere(exc)
-        if connection.broken:  # it failed the pool's health check: see _report_failed_checks
+        if _known_down(self.alias):
+            # Found down and cut between the checkout and the registration:
+            # nothing would cut this one if the server hangs.
             with contextlib.suppress(psycopg.Error):
                 connection.close()
+            if self.pool:
+                with contextlib.suppress(Exception):  # a pool closed meanwhile
+                    self.pool.putconn(connection)  # a closed connection: it makes a new one
             return self._connect_elsewhere(None)
         return connection
-
-    @property
-    def pool(self) -> Any:
-        pool = super().pool
-        if pool is not None and not hasattr(pool, "_replica_router_alias"):
-            pool._replica_router_alias = self.alias
-            if role_of(self.alias) is REPLICA:
-                _report_failed_checks(pool, self.alias)
-        return pool
 
     def _connect_elsewhere(self, error: BaseException | None) -> Any:
         """Connect to a stand-in: another replica in rotation, else per FALLBACK.
@@ -192,6 +198,8 @@ class DatabaseWrapper(base.DatabaseWrapper):
             # As Django does for pooled connections; it sets autocommit later.
             params["autocommit"] = True
         connection = self.Database.connect(**params)
+        if role_of(alias) is REPLICA:
+            registry.register(alias, connection)
         if self.pool:
             # Django configures pooled connections in the pool's callback; this
             # one does not come from the pool.
@@ -355,72 +363,28 @@ def _primary() -> str:
     return get_config().primary
 
 
-def _report_failed_checks(pool: Any, alias: str) -> None:
-    """Make a failed ``CONN_HEALTH_CHECKS`` check on a replica's pooled
-    connection take the replica out, instead of a wait for the pool timeout.
-
-    On a failed check, psycopg_pool discards the connection, checks the next
-    one (broken too when the server died), then waits for a new connection
-    until its timeout: every read of a dead replica would wait that long before
-    failing over. Here the first failed check whose error means the server is
-    gone reports it (which drops the pool, failing the other waiting threads
-    over at once) and hands the broken connection back to
-    ``get_new_connection``, which closes it and connects elsewhere.
-
-    Django passes psycopg_pool's own check; the pool keeps it in ``_check``,
-    which is not public: with another pool or check, nothing changes.
-    """
-    check: Callable[[Any], None] | None = getattr(type(pool), "check_connection", None)
-    if check is not None and check == getattr(pool, "_check", None):
-        pool._check = functools.partial(_check_or_report, check, alias)
-
-
-def _check_or_report(check: Callable[[Any], None], alias: str, connection: Any) -> None:
-    try:
-        check(connection)
-    except psycopg.Error as exc:
-        if classify(exc, connection) is not Fault.GONE:
-            raise
-        _server_failed(alias, exc)
-
-
 def _known_down(alias: str) -> bool:
     monitor = get_monitor()
     return monitor is not None and alias in monitor.down
 
 
-def _drop_pool(alias: str) -> None:
-    """Close a replica's pool and forget it; Django makes a new one when needed.
-
-    Closing wakes every thread waiting in the pool for a connection (they fail
-    over at once instead of sitting out the pool timeout), stops the pool's
-    attempts to reconnect to a dead server, and discards its connections to
-    that server, which would all be broken when it comes back.
-    """
-    pools = base.DatabaseWrapper._connection_pools  # type: ignore[attr-defined]
-    pool = pools.pop(alias, None)
-    if pool is not None:
-        pool.close(timeout=0.5)
-
-
-@receiver(replica_state_changed, dispatch_uid="replica_router.backends.drop_pool")
-def _cut_off_down_replica(*, alias: str, new_state: str, **kwargs: Any) -> None:
+@receiver(replica_state_changed, dispatch_uid="replica_router.backends.cut_off")
+def _cut_off(*, alias: str, new_state: str, **kwargs: Any) -> None:
     """A replica found down, dead or hung: nothing of this process waits on it.
 
     Its connections are shut down first, so that reads waiting on a hung
-    server fail over now; then its pool is dropped, which wakes the threads
-    waiting for one of its connections.
+    server fail over now; then its pool is closed, which wakes the threads
+    waiting for one of its connections, off this thread (see ``pools``).
 
     Not the primary's: nothing can run elsewhere, and a probe that timed out
     on a busy primary would abort every transaction in flight, and leave a
     COMMIT cut midway not knowing whether it committed.
     """
     if new_state == "down" and role_of(alias) is REPLICA:
-        host, port = address(alias)
-        cut = cut_connections_to(host, int(port))
+        cut = registry.cut(alias)
         if cut:
             logger.info("replica_router: cut %d connections to %s (down)", cut, alias)
-        _drop_pool(alias)
+        close_pool_soon(alias)
 
 
 def _count_failover(from_alias: str, to_alias: str) -> None:
@@ -436,9 +400,9 @@ def _count_conflict(alias: str) -> None:
 
 
 def _server_failed(alias: str, exc: BaseException) -> None:
-    """Take a replica out of rotation and drop its pool (see above)."""
+    """Take a replica out of rotation and close its pool (see above)."""
     _report_failure(alias, exc)
-    _drop_pool(alias)
+    close_pool_soon(alias)
 
 
 def _report_failure(alias: str, exc: BaseException) -> None:
