@@ -37,6 +37,19 @@ PRIMARY_ALIAS = "default"
 #: How long a read waits for a pooled replica connection before failing over,
 #: instead of psycopg_pool's 30 s.
 REPLICA_POOL_TIMEOUT = 1.0
+#: libpq's TCP settings for a network partition, in which the peer's kernel
+#: goes silent: keepalives end an idle connection after about 25 s (10 s idle,
+#: then 3 probes 5 s apart), and ``tcp_user_timeout`` one whose sent data goes
+#: unacknowledged for 25 s, instead of the operating system's defaults (2 hours
+#: and about 15 minutes). Neither sees a hung server whose kernel still answers
+#: (a SIGSTOPped postmaster): the cut-off handles that.
+TCP_OPTIONS = {
+    "keepalives": 1,
+    "keepalives_idle": 10,
+    "keepalives_interval": 5,
+    "keepalives_count": 3,
+    "tcp_user_timeout": 25_000,
+}
 
 
 def _harden(config: dict[str, Any], *, replica: bool) -> None:
@@ -46,6 +59,8 @@ def _harden(config: dict[str, Any], *, replica: bool) -> None:
     config["ENGINE"] = FAILOVER_ENGINE
     options = config.setdefault("OPTIONS", {})
     options.setdefault("connect_timeout", CONNECT_TIMEOUT)
+    for key, value in TCP_OPTIONS.items():
+        options.setdefault(key, value)
     pool = options.get("pool")
     if replica and isinstance(pool, dict):
         pool.setdefault("timeout", REPLICA_POOL_TIMEOUT)

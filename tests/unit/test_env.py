@@ -14,7 +14,7 @@ import pytest
 from django.core.exceptions import ImproperlyConfigured
 
 from replica_router.conf import parse_settings
-from replica_router.env import database_settings
+from replica_router.env import TCP_OPTIONS, database_settings
 
 PASSWORD = "s3cr3t-Pa55"
 
@@ -55,7 +55,7 @@ def test_primary_and_weighted_pooled_replicas():
         "PASSWORD": PASSWORD,
         "HOST": "db-primary",
         "PORT": 5432,
-        "OPTIONS": {"pool": {"max_size": 20}, "connect_timeout": 2},
+        "OPTIONS": {"pool": {"max_size": 20}, "connect_timeout": 2, **TCP_OPTIONS},
     }
     replica_1 = databases["replica_1"]
     assert replica_1["HOST"] == "db-r1"
@@ -64,10 +64,11 @@ def test_primary_and_weighted_pooled_replicas():
         "sslmode": "require",
         "pool": {"min_size": 2, "max_size": 8, "timeout": 2.5},
         "connect_timeout": 2,
+        **TCP_OPTIONS,
     }
     assert replica_1["TEST"] == {"MIRROR": "default"}
     assert databases["replica_2"]["HOST"] == "db-r2"
-    assert databases["replica_2"]["OPTIONS"] == {"connect_timeout": 2}
+    assert databases["replica_2"]["OPTIONS"] == {"connect_timeout": 2, **TCP_OPTIONS}
     assert databases["replica_2"]["TEST"] == {"MIRROR": "default"}
 
 
@@ -85,6 +86,9 @@ def test_failover_engine_and_bounded_waits_by_default():
     # A read waits at most 1 s for a pooled replica connection, not psycopg_pool's 30 s.
     assert databases["replica_1"]["OPTIONS"]["pool"] == {"max_size": 4, "timeout": 1.0}
     assert databases["replica_2"]["OPTIONS"]["connect_timeout"] == 5  # the URL wins
+    # A partition ends a connection in about 25 s, not the kernel's hours.
+    assert databases["replica_2"]["OPTIONS"]["keepalives_idle"] == 10
+    assert databases["replica_2"]["OPTIONS"]["tcp_user_timeout"] == 25_000
     # PostGIS keeps its own backend.
     assert databases["replica_3"]["ENGINE"] == "django.contrib.gis.db.backends.postgis"
 
