@@ -14,6 +14,7 @@ if TYPE_CHECKING:
     from replica_router.context import causal, current_token, max_lag, use_primary
     from replica_router.exceptions import NoReplicaAvailable
     from replica_router.router import ReplicaRouter
+    from replica_router.runtime import reset_state
 
 __all__ = [
     "NoReplicaAvailable",
@@ -21,6 +22,7 @@ __all__ = [
     "causal",
     "current_token",
     "max_lag",
+    "reset_state",
     "use_primary",
 ]
 
@@ -31,6 +33,7 @@ _LAZY = {
     "causal": "replica_router.context",
     "current_token": "replica_router.context",
     "max_lag": "replica_router.context",
+    "reset_state": "replica_router.runtime",
 }
 
 

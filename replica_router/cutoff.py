@@ -153,10 +153,14 @@ class ConnectionRegistry:
         return sum(not connection.closed for connection in connections)
 
     def forget(self) -> None:
-        """Forget every connection: in a forked child, the sockets are the parent's."""
-        with self._lock:
-            self._by_alias = {}
-            self._attempts = {}
+        """Forget every connection: in a forked child, the sockets are the parent's.
+
+        Runs in the child's fork hook: the lock is replaced, not taken, since
+        a thread of the parent may have held it at the fork.
+        """
+        self._lock = threading.Lock()
+        self._by_alias = {}
+        self._attempts = {}
 
 
 def _shut_down(connection: Connection, entry: _Socket) -> bool:

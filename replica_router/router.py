@@ -29,6 +29,11 @@ __all__ = ["ReplicaRouter", "alternative_for"]
 
 logger = logging.getLogger("replica_router")
 
+# Bound once: db_for_read runs on every query, and a bound method saves it an
+# attribute lookup per context variable.
+_get_read_override = read_override.get
+_get_causal_state = causal_state.get
+
 
 def _route_in_context(
     routing: Routing, state: CausalState | None, budget: float | None
@@ -229,18 +234,16 @@ class ReplicaRouter:
         if hints and _outside(hints):
             return None
         routing = runtime.current or runtime.load()
-        counters = routing.counters  # None with METRICS off: then nothing is counted
-        override = read_override.get()  # True under use_primary, a float under max_lag
+        override = _get_read_override()  # True under use_primary, a float under max_lag
         if override is True:
             # use_primary() has moved a monotonic context to the primary already.
-            if counters is not None:
+            if (counters := routing.counters) is not None:  # None with METRICS off
                 counters.reads_use_primary()
             return routing.primary
-        primary_only = routing.primary_only_models.get(model)
-        if primary_only is None:
-            primary_only = routing.is_primary_only(model)
-        if primary_only:
-            if counters is not None:
+        if model not in routing.replica_models and (
+            routing.primary_only_models.get(model) or routing.is_primary_only(model)
+        ):
+            if (counters := routing.counters) is not None:
                 counters.reads_primary_only()
             return routing.primary
         # Inside atomic() on the primary a read must see the transaction's own
@@ -255,15 +258,15 @@ class ReplicaRouter:
             # so the per-thread cache would be wrong; ask Django.
             wrapper = connections[routing.primary]
         if wrapper.in_atomic_block:
-            if counters is not None:
+            if (counters := routing.counters) is not None:
                 counters.reads_in_transaction()
             _read_primary(routing)
             return routing.primary
         if routing.awaiting_monitor and not routing.start_monitor():
-            if counters is not None:
+            if (counters := routing.counters) is not None:
                 counters.read(routing.primary, "migrate")
             return routing.primary
-        state = causal_state.get()
+        state = _get_causal_state()
         if state is not None and override is False:
             # The common case in a request, inlined: a read on from the replica
             # this context already reads from, still in rotation.
@@ -273,21 +276,21 @@ class ReplicaRouter:
                 and node in routing.balancer.rotation
                 and not (routing.read_your_writes and (state.wrote or state.pinned))
             ):
-                if counters is not None:
+                if (counters := routing.counters) is not None:
                     counters.reads_on_replica[node]()
                 return node
         if state is not None or override is not False:
             node, reason = _route_in_context(routing, state, override or None)
-            if counters is not None:
+            if (counters := routing.counters) is not None:
                 counters.read(node, reason)
             return node
         alias = routing.balancer.pick()
         if alias is not None:
-            if counters is not None:
+            if (counters := routing.counters) is not None:
                 counters.reads_on_replica[alias]()
             return alias
         fallback = _no_replica(routing)
-        if counters is not None:
+        if (counters := routing.counters) is not None:
             counters.read(fallback, "fallback" if routing.replicas else "no_replicas")
         return fallback
 

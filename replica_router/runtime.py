@@ -8,26 +8,37 @@ I/O and settings lookups.
 One ``setting_changed`` receiver (:func:`reset`) clears all of it when
 ``REPLICA_ROUTER`` or ``DATABASES`` change, in a fixed order: the parsed config,
 each alias's role, the routing (its monitor is stopped), and last the write
-detector, which reads the new config.
+detector, which reads the new config. :func:`reset_state` does the same on
+demand, and also ends a migrate that raised.
+
+One at-fork hook (:func:`_after_fork_in_child`) is the whole of the package's
+fork safety: it tells each object that holds threads or sockets (the health
+monitors, their probers and probe connections, the shared store's thread, the
+connection registry of the cut-off, the pools being closed) that it is now in
+a child, through their ``after_fork()`` or ``forget()``. Nothing else in the
+package compares process ids.
 """
 
 from __future__ import annotations
 
 import dataclasses
 import functools
+import logging
 import os
 import threading
 from typing import TYPE_CHECKING, Any, Final
 
 from django.conf import settings
-from django.core.signals import setting_changed
+from django.core.signals import request_started, setting_changed
 from django.db import connections
 from django.db.models.signals import post_migrate, pre_migrate
 
+from replica_router import cutoff
+from replica_router.backends.postgresql import pools
 from replica_router.balancer import Balancer
 from replica_router.conf import WATCHED_SETTINGS, RouterConfig, get_config
 from replica_router.health.fleet import SharedMonitor
-from replica_router.health.monitor import Monitor
+from replica_router.health.monitor import Monitor, live_monitors
 from replica_router.health.policy import probe_gap
 from replica_router.health.sharing import Store, cluster_key, store_for
 from replica_router.writes import hook_write_detector
@@ -53,6 +64,7 @@ __all__ = [
     "register_metrics",
     "release_test_databases",
     "reset",
+    "reset_state",
     "role_of",
     "route_test_mirrors",
     "serving_tests",
@@ -61,6 +73,8 @@ __all__ = [
 
 PRIMARY: Final = "primary"
 REPLICA: Final = "replica"
+
+logger = logging.getLogger("replica_router")
 
 
 class Routing:
@@ -77,6 +91,7 @@ class Routing:
         "monotonic_reads",
         "primary",
         "primary_only_models",
+        "replica_models",
         "probe_gap",
         "read_your_writes",
         "replicas",
@@ -111,6 +126,9 @@ class Routing:
         #: Model class -> True if its reads must go to the primary. Filled
         #: lazily; a racing double fill writes the same value.
         self.primary_only_models: dict[type[Model], bool] = {}
+        #: The models found not PRIMARY_ONLY: asked on every read, and a set
+        #: lookup is cheaper than a dict.get() call.
+        self.replica_models: set[type[Model]] = set()
         # A per-thread cache of this thread's primary connection wrapper, so the
         # in-transaction check skips the costly ``connections[alias]`` lookup.
         # This is not request state (that lives in context variables): Django
@@ -134,6 +152,8 @@ class Routing:
             owner.app_label.lower() in labels or owner.label_lower in labels for owner in owners
         )
         self.primary_only_models[model] = decision
+        if not decision:
+            self.replica_models.add(model)
         return decision
 
     def thread_primary(self) -> BaseDatabaseWrapper:
@@ -203,6 +223,9 @@ _lock = threading.Lock()
 
 #: True while migrate runs: reads stay on the primary and do not start the
 #: monitor (the test runner migrates before the test databases are fully set up).
+#: Set by ``pre_migrate``, cleared by ``post_migrate``; a migrate that raises
+#: sends no ``post_migrate``, so the next request and :func:`reset_state` clear
+#: it too.
 migrating = False
 
 #: True from the creation of the primary's test database by Django's test
@@ -324,14 +347,36 @@ def _drop_routing() -> None:
         old.monitor.stop()
 
 
-def reset(*, setting: str, **kwargs: Any) -> None:
-    """The ``setting_changed`` receiver: forget everything built from the settings."""
-    if setting not in WATCHED_SETTINGS:
-        return
+def reset_state() -> None:
+    """Forget the router's state in this process; the next read builds it again
+    from the settings.
+
+    Clears the parsed config and each alias's role, drops the routing (its
+    health monitor is stopped), hooks the write detector up again, and ends a
+    migrate that raised (reads stay on the primary while one runs).
+    """
+    global migrating
+    migrating = False
+    _forget_settings()
+
+
+def _forget_settings() -> None:
+    """Forget what was built from the settings, in dependency order."""
     get_config.cache_clear()
     role_of.cache_clear()
     _drop_routing()
     hook_write_detector()
+
+
+def reset(*, setting: str, **kwargs: Any) -> None:
+    """The ``setting_changed`` receiver: forget everything built from the settings.
+
+    Unlike :func:`reset_state`, it leaves the migrate flag alone: settings
+    may change while a migrate runs.
+    """
+    if setting not in WATCHED_SETTINGS:
+        return
+    _forget_settings()
 
 
 def _on_pre_migrate(**kwargs: object) -> None:
@@ -344,9 +389,26 @@ def _on_post_migrate(**kwargs: object) -> None:
     migrating = False
 
 
+def _on_request_started(**kwargs: object) -> None:
+    # A request never runs inside migrate: a migrate that raised (and so sent
+    # no post_migrate) must not keep this process's reads on the primary.
+    global migrating
+    if migrating:
+        migrating = False
+
+
 def _after_fork_in_child() -> None:
-    # Threads do not survive fork(): a monitor started in a preloading parent
-    # (gunicorn --preload) must start again in each worker.
+    """The package's one at-fork hook: in the child, the parent's threads are
+    gone and the sockets it inherited are the parent's."""
+    cutoff.registry.forget()
+    pools.forget()
+    for monitor in live_monitors():
+        try:
+            monitor.after_fork()
+        except Exception:  # the child must run on; its monitor only degrades
+            logger.exception("replica_router: resetting a health monitor after fork failed")
+    # A monitor started in a preloading parent (gunicorn --preload) starts
+    # again, in each worker, on its first routed read.
     routing = current
     if routing is not None and routing.monitor is not None:
         routing.awaiting_monitor = True
@@ -355,4 +417,5 @@ def _after_fork_in_child() -> None:
 setting_changed.connect(reset, dispatch_uid="replica_router.runtime.reset")
 pre_migrate.connect(_on_pre_migrate, dispatch_uid="replica_router.runtime.pre_migrate")
 post_migrate.connect(_on_post_migrate, dispatch_uid="replica_router.runtime.post_migrate")
+request_started.connect(_on_request_started, dispatch_uid="replica_router.runtime.request")
 os.register_at_fork(after_in_child=_after_fork_in_child)

@@ -19,12 +19,17 @@ the process probes for itself, as with ``HEALTH_SHARING = "process"``, and
 says so once in the log; once the store answers again, it says so once more
 and takes part in the lease again. Reads never wait on the store: the router
 only reads what this monitor last applied.
+
+Holding the lease or not, what it routes by is a
+:class:`~replica_router.health.monitor.Published` value, applied by the
+monitor's one ``_publish``: from its own probes, or from the holder's document.
 """
 
 from __future__ import annotations
 
 import logging
 import time
+from collections.abc import Callable
 from dataclasses import asdict, replace
 from datetime import datetime
 from typing import Any
@@ -32,7 +37,7 @@ from typing import Any
 from replica_router.balancer import Balancer
 from replica_router.conf import RouterConfig
 from replica_router.health.model import Freshness, NodeStatus, Sharing, Snapshot, State
-from replica_router.health.monitor import Monitor
+from replica_router.health.monitor import Monitor, Published
 from replica_router.health.policy import Change, utc_now
 from replica_router.health.sharing import Guarded, Holder, Store, StoreUnavailable
 
@@ -47,7 +52,11 @@ DOCUMENT_VERSION = 1
 
 
 class SharedMonitor(Monitor):
-    """A :class:`Monitor` that probes only while it holds the fleet's lease."""
+    """A :class:`Monitor` that probes only while it holds the fleet's lease.
+
+    ``clock`` is the wall clock of the times shared with other processes (and
+    hosts), ``monotonic`` this process's own; tests pass clocks of their own.
+    """
 
     def __init__(
         self,
@@ -56,12 +65,16 @@ class SharedMonitor(Monitor):
         store: Store,
         mode: str,
         balancer: Balancer | None = None,
+        clock: Callable[[], float] = time.time,
+        monotonic: Callable[[], float] = time.monotonic,
         **kwargs: Any,
     ) -> None:
+        super().__init__(config=config, balancer=balancer, monotonic=monotonic, **kwargs)
         self.mode = mode
+        self._clock = clock
         self._store = store
         self._guarded = Guarded(store, deadline=config.check_timeout)
-        self._holder: Holder | None = None
+        self._me = Holder.me()
         self._probing = False
         self._fallback = False
         self._next_cycle_at = 0.0
@@ -71,7 +84,8 @@ class SharedMonitor(Monitor):
         self._outbox: dict[str, tuple[float, str]] = {}
         #: Reports known here (this process's and the store's), by alias.
         self._reports: dict[str, tuple[float, str]] = {}
-        super().__init__(config=config, balancer=balancer, **kwargs)
+        with self._lock:  # the first snapshot says who probes, too
+            self._publish(self._measured())
 
     # -- the lease ---------------------------------------------------------
 
@@ -90,10 +104,18 @@ class SharedMonitor(Monitor):
         super().stop()
         self._guarded.close()
 
+    def after_fork(self) -> None:
+        """In a forked child: a new process, which holds no lease yet, with
+        the store's thread of its own (see :meth:`Monitor.after_fork`)."""
+        super().after_fork()
+        self._guarded.after_fork()
+        self._me = Holder.me()
+        self._probing = self._fallback = False
+        self._outbox = {}  # the parent sends the reports it made
+
     def _turn(self) -> float:
-        me = self._holder = Holder.me()  # after a fork, the pid is new
         try:
-            mine, self._lease = self._guarded.call(self._store.claim, me, self.lease_seconds)
+            mine, self._lease = self._guarded.call(self._store.claim, self._me, self.lease_seconds)
             self._send_reports()
         except StoreUnavailable as exc:
             return self._probe_alone(exc)
@@ -131,12 +153,12 @@ class SharedMonitor(Monitor):
             logger.info("replica_router: this process now probes for the fleet")
         if self._cycle_when_due():
             try:
-                self._guarded.call(self._store.publish, self._published())
+                self._guarded.call(self._store.publish, self._own_document())
             except StoreUnavailable as exc:
                 self._probe_alone(exc)
 
     def _cycle_when_due(self) -> bool:
-        now = time.monotonic()
+        now = self._monotonic()
         if now < self._next_cycle_at:
             return False
         self._next_cycle_at = now + self.config.check_interval
@@ -168,12 +190,13 @@ class SharedMonitor(Monitor):
 
     # -- publishing and reading ----------------------------------------------
 
-    def _published(self) -> dict[str, Any]:
-        now_wall, now = time.time(), time.monotonic()
+    def _own_document(self) -> dict[str, Any]:
+        """What this process, holding the lease, publishes for the others."""
+        now_wall, now = self._clock(), self._monotonic()
         snapshot = self.snapshot
         return {
             "version": DOCUMENT_VERSION,
-            "holder": None if self._holder is None else self._holder.as_dict(),
+            "holder": self._me.as_dict(),
             "published_at": now_wall,
             "taken_at": snapshot.taken_at.isoformat(),
             "nodes": [_node_json(node) for node in snapshot.nodes],
@@ -207,42 +230,32 @@ class SharedMonitor(Monitor):
         nodes = tuple(
             _reported(_node_from_json(row), reported.get(row["alias"])) for row in document["nodes"]
         )
-        now_wall, now = time.time(), time.monotonic()
-        freshness = {
-            alias: Freshness(float(lag), now - (now_wall - float(at)), bool(in_rotation))
-            for alias, (lag, at, in_rotation) in document.get("freshness", {}).items()
-            if alias not in reported
-        }
-        changes: list[Change | None] = []
-        with self._lock:
-            before = {node.alias: node.state for node in self.snapshot.nodes}
-            for alias, lsn in document.get("replay_positions", {}).items():
-                self.note_replay_position(alias, int(lsn))
-            self.freshness = freshness
-            self.down = frozenset(n.alias for n in nodes if n.state is State.DOWN)
-            self.snapshot = Snapshot(
+        now_wall, now = self._clock(), self._monotonic()
+        published = Published(
+            snapshot=Snapshot(
                 nodes=nodes,
                 taken_at=datetime.fromisoformat(document["taken_at"]),
                 sharing=self._sharing(),
-            )
-            if self.balancer is not None:
-                rotation = {
-                    n.alias: self.config.replicas[n.alias]
-                    for n in nodes
-                    if n.alias in self.config.replicas and n.in_rotation
-                }
-                if dict(self.balancer.weights) != rotation:
-                    self.balancer.set_weights(rotation)
-            for node in nodes:
-                old = before.get(node.alias)
-                if old is not None and old is not node.state:
-                    changes.append(Change(node.alias, old, node.state, node.reason))
+            ),
+            freshness={
+                alias: Freshness(float(lag), now - (now_wall - float(at)), bool(in_rotation))
+                for alias, (lag, at, in_rotation) in document.get("freshness", {}).items()
+                if alias not in reported
+            },
+            replay_positions={
+                alias: int(lsn) for alias, lsn in document.get("replay_positions", {}).items()
+            },
+        )
+        with self._lock:
+            before = {node.alias: node.state for node in self.snapshot.nodes}
+            self._publish(published)
             self.cycles += 1
+        changes: list[Change | None] = [
+            Change(node.alias, before[node.alias], node.state, node.reason)
+            for node in nodes
+            if before.get(node.alias, node.state) is not node.state
+        ]
         self._announce(changes)
-
-    def _publish(self) -> Snapshot:
-        snapshot = self.snapshot = replace(super()._publish(), sharing=self._sharing())
-        return snapshot
 
     def _sharing(self) -> Sharing:
         lease = self._lease or {}
@@ -255,14 +268,14 @@ class SharedMonitor(Monitor):
             prober_host=str(holder["host"]) if holder else None,
             prober_pid=int(holder["pid"]) if holder else None,
             lease_since=float(lease["since"]) if "since" in lease else None,
-            published_at=time.time() if self._probing else published,
+            published_at=self._clock() if self._probing else published,
         )
 
     # -- failure reports ------------------------------------------------------
 
     def report_failure(self, alias: str, error: BaseException | str) -> None:
         if alias in self.config.replicas:
-            self._outbox[alias] = (time.time(), "connection failed in another process")
+            self._outbox[alias] = (self._clock(), "connection failed in another process")
             self._reports[alias] = self._outbox[alias]
         if self._probing or self._document is None:
             super().report_failure(alias, error)

@@ -19,23 +19,28 @@ Lag is measured two ways, and a replica over either threshold is ``lagging``:
 Each replica's recovery conflicts (queries it cancelled because they conflicted
 with WAL replay) are counted and turned into a rate, but never take it out of
 rotation: docs/health.md says why.
+
+What a monitor publishes is one value, :class:`Published`, made from its own
+probes or (in a fleet, :mod:`~replica_router.health.fleet`) from the document
+another process published; :meth:`Monitor._publish` is the one place where it
+becomes what the router reads, the balancer's weights included.
 """
 
 from __future__ import annotations
 
 import logging
-import os
 import random
 import threading
 import time
-from collections.abc import Callable, Mapping
-from dataclasses import replace
-from typing import Any, Final
+import weakref
+from collections.abc import Callable, Iterable, Mapping
+from dataclasses import dataclass, field, replace
+from typing import Any, Final, final
 
 from replica_router.balancer import Balancer
 from replica_router.conf import RouterConfig
 from replica_router.health.aliases import address, django_probe_params, is_postgresql, scrub
-from replica_router.health.model import Freshness, NodeStatus, Probe, Snapshot, State
+from replica_router.health.model import Freshness, NodeStatus, Probe, Sharing, Snapshot, State
 from replica_router.health.policy import (
     Change,
     Tracker,
@@ -48,7 +53,7 @@ from replica_router.health.policy import (
 from replica_router.health.probe import ParallelProber, ProcessExiting, first_line
 from replica_router.signals import replica_state_changed
 
-__all__ = ["Monitor", "jittered"]
+__all__ = ["Monitor", "Published", "jittered", "live_monitors"]
 
 logger = logging.getLogger("replica_router")
 
@@ -62,6 +67,93 @@ def jittered(seconds: float) -> float:
     return seconds * random.uniform(1 - JITTER, 1 + JITTER)
 
 
+@dataclass(frozen=True, slots=True)
+class Published:
+    """The health value a monitor publishes: the snapshot, and what the router
+    reads beside it. :meth:`Monitor._publish` applies it, all at once."""
+
+    snapshot: Snapshot
+    #: Replica alias -> how stale it may be (see :attr:`Monitor.freshness`).
+    freshness: Mapping[str, Freshness] = field(default_factory=dict)
+    #: Replay positions learnt with it (read-your-writes); positions only grow.
+    replay_positions: Mapping[str, int] = field(default_factory=dict)
+    #: The aliases found down (see :attr:`Monitor.down`).
+    down: frozenset[str] = field(init=False)
+
+    def __post_init__(self) -> None:
+        down = frozenset(n.alias for n in self.snapshot.nodes if n.state is State.DOWN)
+        object.__setattr__(self, "down", down)
+
+    @classmethod
+    def measured(
+        cls, trackers: Iterable[Tracker], config: RouterConfig, *, sharing: Sharing | None = None
+    ) -> Published:
+        """What the trackers of a monitor that probes say now."""
+        rows = []
+        freshness = {}
+        for tracker in trackers:
+            if tracker.status is None:
+                rows.append(_row(tracker, config))
+            else:
+                rows.append(
+                    replace(
+                        tracker.status,
+                        state=tracker.state,
+                        in_rotation=tracker.in_rotation,
+                        reason=tracker.reason,
+                        since=tracker.since,
+                        last_error=tracker.last_error,
+                    )
+                )
+            if (
+                tracker.alias in config.replicas
+                and tracker.lag is not None
+                and (tracker.in_rotation or tracker.state is State.LAGGING)
+            ):
+                freshness[tracker.alias] = Freshness(
+                    tracker.lag, tracker.lag_measured_at, tracker.in_rotation
+                )
+        snapshot = Snapshot(nodes=tuple(rows), taken_at=utc_now(), sharing=sharing)
+        return cls(snapshot=snapshot, freshness=freshness)
+
+    def rotation(self, weights: Mapping[str, int]) -> dict[str, int] | None:
+        """The ``weights`` of the replicas in rotation; None while no node has
+        been judged (the balancer keeps the configured weights)."""
+        nodes = self.snapshot.nodes
+        if all(node.state is State.UNKNOWN for node in nodes):
+            return None
+        serving = {node.alias for node in nodes if node.in_rotation}
+        return {alias: weight for alias, weight in weights.items() if alias in serving}
+
+
+def _row(tracker: Tracker, config: RouterConfig) -> NodeStatus:
+    """The node's row with its current state and no probe figures."""
+    is_primary = tracker.alias == config.primary
+    host, port = address(tracker.alias)
+    return NodeStatus(
+        alias=tracker.alias,
+        role="primary" if is_primary else "replica",
+        host=host,
+        port=port,
+        weight=None if is_primary else config.replicas[tracker.alias],
+        state=tracker.state,
+        in_rotation=tracker.in_rotation,
+        reason=tracker.reason,
+        since=tracker.since,
+        last_error=tracker.last_error,
+    )
+
+
+#: Every monitor of the process, for the at-fork hook (:mod:`replica_router.runtime`).
+_monitors: weakref.WeakSet[Monitor] = weakref.WeakSet()
+
+
+def live_monitors() -> list[Monitor]:
+    """Every monitor of this process that is still referenced: the routing's,
+    and any other (the management command's, a test's)."""
+    return list(_monitors)
+
+
 class Monitor:
     """Probes the primary and replicas and keeps the router's rotation right.
 
@@ -69,6 +161,8 @@ class Monitor:
     thread, :meth:`run_cycle` runs one cycle in the caller's thread (the
     management command does that). ``params_for(alias)`` gives the psycopg
     connection keywords of an alias; it defaults to Django's settings.
+    ``monotonic`` is the clock of probe schedules and lag measurements
+    (``time.monotonic`` unless a test passes its own).
     """
 
     def __init__(
@@ -77,19 +171,20 @@ class Monitor:
         config: RouterConfig,
         balancer: Balancer | None = None,
         params_for: Callable[[str], Mapping[str, Any]] = django_probe_params,
+        monotonic: Callable[[], float] = time.monotonic,
     ) -> None:
         if config.check_interval <= 0 or config.check_timeout <= 0:
             raise ValueError("check_interval and check_timeout must be positive")
         self.config = config
         self.balancer = balancer
         self._params_for = params_for
+        self._monotonic = monotonic
         self._lock = threading.Lock()
         self._trackers = {alias: Tracker(alias) for alias in [config.primary, *config.replicas]}
         self._prober = ParallelProber(workers=len(self._trackers))
         self._thread: threading.Thread | None = None
         self._stop = threading.Event()
         self._first_cycle = threading.Event()
-        self._pid = os.getpid()
         self.cycles = 0
         #: Replica alias -> the latest replay position known (read-your-writes).
         self.replay_positions: dict[str, int] = {}
@@ -99,13 +194,16 @@ class Monitor:
         #: Replica alias -> how stale it may be, for the replicas that may serve
         #: a staleness budget: in rotation, or out of it for lag alone.
         self.freshness: Mapping[str, Freshness] = {}
-        self.snapshot: Snapshot = self._publish()
+        #: The nodes' states, as last published.
+        self.snapshot: Snapshot
+        self._publish(Published.measured(self._trackers.values(), config))
+        _monitors.add(self)
 
     # -- lifecycle -------------------------------------------------------------
 
     @property
     def running(self) -> bool:
-        return self._thread is not None and self._thread.is_alive() and self._pid == os.getpid()
+        return self._thread is not None and self._thread.is_alive()
 
     def start(self, *, wait: bool = True) -> None:
         """Start the monitor thread; with ``wait``, return after its first cycle
@@ -116,7 +214,6 @@ class Monitor:
         """
         with self._lock:
             if not self.running:
-                self._pid = os.getpid()  # after a fork, the parent's thread is not ours
                 self._stop.clear()
                 self._thread = threading.Thread(
                     target=self._loop, name="replica-router-monitor", daemon=True
@@ -133,7 +230,23 @@ class Monitor:
             thread.join(self.config.check_timeout + 1)
         self._prober.close()
 
+    def after_fork(self) -> None:
+        """In a forked child: the parent's thread did not come along, and its
+        probe connections are the parent's. The next :meth:`start` starts a
+        thread of this process's own, and waits for its first cycle.
+
+        Called by the process's at-fork hook (:mod:`replica_router.runtime`)
+        while no other thread runs: the locks and events, which the parent's
+        threads may have held or waited on at the fork, are replaced.
+        """
+        self._lock = threading.Lock()
+        self._thread = None
+        self._stop = threading.Event()
+        self._first_cycle = threading.Event()
+        self._prober.after_fork()
+
     def _loop(self) -> None:
+        # The thread's own pacing is in real time, whatever clock the cycles read.
         while not self._stop.is_set():
             started = time.monotonic()
             wait = self.config.check_interval
@@ -157,7 +270,7 @@ class Monitor:
 
     def run_cycle(self) -> Snapshot:
         """Probe every node that is due, update states, publish and return a snapshot."""
-        now = time.monotonic()
+        now = self._monotonic()
         due = [
             alias
             for alias, tracker in self._trackers.items()
@@ -180,7 +293,7 @@ class Monitor:
                         )
                     )
             self.cycles += 1
-            snapshot = self._publish()
+            snapshot = self._publish(self._measured())
         self._announce(changes)
         return snapshot
 
@@ -207,14 +320,14 @@ class Monitor:
         if result.ok and result.replay_lsn is not None:
             self.note_replay_position(alias, result.replay_lsn)
         lag = tracker.measure_lag(
-            result, primary, cycle_started=cycle_started, now=time.monotonic()
+            result, primary, cycle_started=cycle_started, now=self._monotonic()
         )
         verdict = self._scrubbed(replica_verdict(result, primary, lag, self.config), alias)
         change = tracker.judge(
             verdict,
             recovery_checks=self.config.recovery_checks,
             check_interval=self.config.check_interval,
-            now=time.monotonic(),
+            now=self._monotonic(),
         )
         if verdict.state is State.DOWN:
             tracker.last_error = scrub(result.error, alias)
@@ -237,7 +350,7 @@ class Monitor:
     ) -> NodeStatus:
         is_primary = tracker.alias == self.config.primary
         return replace(
-            self._row(tracker),
+            _row(tracker, self.config),
             checked_at=utc_now(),
             lag_seconds=lag_seconds,
             lag_bytes=lag_bytes,
@@ -245,66 +358,31 @@ class Monitor:
             lsn=result.current_lsn if is_primary else result.replay_lsn,
         )
 
-    def _row(self, tracker: Tracker) -> NodeStatus:
-        """The node's row with its current state and no probe figures."""
-        is_primary = tracker.alias == self.config.primary
-        host, port = address(tracker.alias)
-        return NodeStatus(
-            alias=tracker.alias,
-            role="primary" if is_primary else "replica",
-            host=host,
-            port=port,
-            weight=None if is_primary else self.config.replicas[tracker.alias],
-            state=tracker.state,
-            in_rotation=tracker.in_rotation,
-            reason=tracker.reason,
-            since=tracker.since,
-            last_error=tracker.last_error,
-        )
+    def _measured(self) -> Published:
+        """What this process's probes say now. Called with the lock held."""
+        return Published.measured(self._trackers.values(), self.config, sharing=self._sharing())
 
-    def _publish(self) -> Snapshot:
-        """Build the snapshot from the trackers and swap the rotation if it changed.
+    def _sharing(self) -> Sharing | None:
+        """Who probes, for the snapshot: None here; a fleet's monitor says."""
+        return None
+
+    @final
+    def _publish(self, published: Published) -> Snapshot:
+        """Route by ``published``: the one place where the balancer's weights,
+        ``down``, ``freshness`` and ``snapshot`` change. Returns the snapshot.
 
         Called with the lock held (or from __init__).
         """
-        rows = []
-        for tracker in self._trackers.values():
-            if tracker.status is None:
-                rows.append(self._row(tracker))
-            else:
-                rows.append(
-                    replace(
-                        tracker.status,
-                        state=tracker.state,
-                        in_rotation=tracker.in_rotation,
-                        reason=tracker.reason,
-                        since=tracker.since,
-                        last_error=tracker.last_error,
-                    )
-                )
-        self._swap_rotation()
-        self.down = frozenset(n.alias for n in rows if n.state is State.DOWN)
-        self.freshness = {
-            alias: Freshness(tracker.lag, tracker.lag_measured_at, tracker.in_rotation)
-            for alias, tracker in self._trackers.items()
-            if alias in self.config.replicas
-            and tracker.lag is not None
-            and (tracker.in_rotation or tracker.state is State.LAGGING)
-        }
-        self.snapshot = Snapshot(nodes=tuple(rows), taken_at=utc_now())
-        return self.snapshot
-
-    def _swap_rotation(self) -> None:
-        """Give the balancer the weights of the replicas in rotation, if they changed."""
-        if self.balancer is None or all(t.state is State.UNKNOWN for t in self._trackers.values()):
-            return
-        rotation = {
-            alias: weight
-            for alias, weight in self.config.replicas.items()
-            if self._trackers[alias].in_rotation
-        }
-        if dict(self.balancer.weights) != rotation:
-            self.balancer.set_weights(rotation)
+        for alias, lsn in published.replay_positions.items():
+            self.note_replay_position(alias, lsn)
+        rotation = published.rotation(self.config.replicas)
+        balancer = self.balancer
+        if balancer is not None and rotation is not None and dict(balancer.weights) != rotation:
+            balancer.set_weights(rotation)
+        self.down = published.down
+        self.freshness = published.freshness
+        self.snapshot = published.snapshot
+        return published.snapshot
 
     def _announce(self, changes: list[Change | None]) -> None:
         for change in changes:
@@ -342,6 +420,6 @@ class Monitor:
             change = tracker.set_state(
                 State.DOWN, f"connection failed in the application: {message}"
             )
-            tracker.open_breaker(time.monotonic(), self.config.check_interval)
-            self._publish()
+            tracker.open_breaker(self._monotonic(), self.config.check_interval)
+            self._publish(self._measured())
         self._announce([change])

@@ -23,6 +23,7 @@ from typing import Any, Final
 
 import psycopg
 
+from replica_router.cutoff import registry
 from replica_router.health.model import Probe
 from replica_router.lsn import CURRENT_LSN, RECEIVE_LSN, REPLAY_LSN
 
@@ -82,7 +83,6 @@ class ProbeConnections:
     def __init__(self) -> None:
         self._lock = threading.Lock()
         self._kept: dict[str, tuple[dict[str, Any], psycopg.Connection[Any]]] = {}
-        self._pid = os.getpid()
         #: Bumped by close(): a probe still running then does not keep its connection.
         self._generation = 0
 
@@ -104,6 +104,8 @@ class ProbeConnections:
             conn = _connect(wanted, timeout)
         except (psycopg.Error, OSError) as exc:
             return Probe(ok=False, error=first_line(exc), rtt=time.perf_counter() - started)
+        # A probe hung on a frozen server returns when the cut-off shuts this down.
+        registry.register(alias, conn)
         try:
             result = _measure(conn, started, timeout)
         except (psycopg.Error, OSError) as exc:
@@ -114,25 +116,25 @@ class ProbeConnections:
 
     def close(self) -> None:
         """Close every kept connection (made again by the next probe)."""
-        self._drop_inherited()
         with self._lock:
             kept, self._kept = self._kept, {}
             self._generation += 1
         for _, conn in kept.values():
             conn.close()
 
-    def _drop_inherited(self) -> None:
-        """In a child process, let go of the connections the parent kept.
+    def after_fork(self) -> None:
+        """In a forked child: let go of the connections the parent kept.
 
         Closing one sends the server a Terminate message over the socket that
         the child shares with the parent, which would end the parent's session.
         So this process's copy of each socket is first pointed at /dev/null.
+        Called by the process's at-fork hook (:mod:`replica_router.runtime`),
+        while no other thread runs: the lock, which a thread of the parent may
+        have held at the fork, is replaced rather than taken.
         """
-        with self._lock:
-            if self._pid == os.getpid():
-                return
-            inherited, self._kept = self._kept, {}
-            self._pid = os.getpid()
+        self._lock = threading.Lock()
+        inherited, self._kept = self._kept, {}
+        self._generation += 1
         for _, conn in inherited.values():
             try:
                 fd = conn.pgconn.socket
@@ -147,7 +149,6 @@ class ProbeConnections:
             conn.close()
 
     def _take(self, alias: str, params: dict[str, Any]) -> psycopg.Connection[Any] | None:
-        self._drop_inherited()
         with self._lock:
             entry = self._kept.pop(alias, None)
         if entry is None:
@@ -263,7 +264,6 @@ class ParallelProber:
         self._connections = ProbeConnections()
         self._inflight: dict[str, Future[Probe]] = {}
         self._executor: ThreadPoolExecutor | None = None
-        self._pid = os.getpid()
 
     def probe(
         self,
@@ -273,10 +273,6 @@ class ParallelProber:
         timeout: float,
     ) -> dict[str, Probe]:
         """Probe ``aliases``; raises :class:`ProcessExiting` if the interpreter is exiting."""
-        if self._pid != os.getpid():  # forked: the parent's threads did not come along
-            self._pid = os.getpid()
-            self._inflight.clear()
-            self._executor = None
         if self._executor is None:
             self._executor = ThreadPoolExecutor(
                 max_workers=self._workers, thread_name_prefix="replica-router-probe"
@@ -311,6 +307,13 @@ class ParallelProber:
             self._executor.shutdown(wait=False, cancel_futures=True)
             self._executor = None
         self._connections.close()
+
+    def after_fork(self) -> None:
+        """In a forked child: the parent's probe threads did not come along, and
+        its connections are the parent's (see :meth:`ProbeConnections.after_fork`)."""
+        self._inflight = {}
+        self._executor = None  # its threads are the parent's: a new one starts on use
+        self._connections.after_fork()
 
 
 def _collect(futures: Mapping[str, Future[Probe]], timeout: float) -> dict[str, Probe]:

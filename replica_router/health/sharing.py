@@ -28,6 +28,9 @@ Two stores keep the records:
 Every store call runs on a thread of its own with a deadline
 (:class:`Guarded`), so a store that hangs cannot stall the monitor: the call
 fails with :class:`StoreUnavailable`, and the process probes for itself.
+
+The records' times are wall-clock times, which the hosts of a fleet share; each
+store reads them from its ``clock`` (``time.time`` unless a test passes its own).
 """
 
 from __future__ import annotations
@@ -63,6 +66,9 @@ __all__ = [
 REPORT_SECONDS: Final = 30.0
 
 _T = TypeVar("_T")
+
+#: A wall clock: seconds since the epoch, like ``time.time``.
+Clock = Callable[[], float]
 
 
 class StoreUnavailable(Exception):
@@ -121,8 +127,7 @@ def cluster_key(primary: Mapping[str, Any], replicas: Mapping[str, Mapping[str, 
     return hashlib.sha256("|".join(parts).encode()).hexdigest()[:16]
 
 
-def _lease_record(me: Holder, ttl: float, since: float | None) -> dict[str, Any]:
-    now = time.time()
+def _lease_record(me: Holder, ttl: float, since: float | None, now: float) -> dict[str, Any]:
     return {"holder": me.as_dict(), "since": since or now, "expires": now + ttl}
 
 
@@ -130,15 +135,16 @@ def _holds(record: Mapping[str, Any] | None, me: Holder) -> bool:
     return record is not None and record.get("holder") == me.as_dict()
 
 
-def _expired(record: Mapping[str, Any] | None) -> bool:
-    return record is None or float(record.get("expires", 0)) <= time.time()
+def _expired(record: Mapping[str, Any] | None, now: float) -> bool:
+    return record is None or float(record.get("expires", 0)) <= now
 
 
 class FileStore:
     """Records as JSON files in ``directory``, for the processes of one host."""
 
-    def __init__(self, directory: str | os.PathLike[str]) -> None:
+    def __init__(self, directory: str | os.PathLike[str], *, clock: Clock = time.time) -> None:
         self.directory = Path(directory)
+        self.clock = clock
 
     def _path(self, name: str) -> Path:
         return self.directory / f"{name}.json"
@@ -166,16 +172,17 @@ class FileStore:
             raise
 
     def claim(self, me: Holder, ttl: float) -> tuple[bool, dict[str, Any] | None]:
+        now = self.clock()
         record = self._load("lease")
-        if _holds(record, me) or _expired(record):
+        if _holds(record, me) or _expired(record, now):
             since = record.get("since") if _holds(record, me) and record else None
-            self._save("lease", _lease_record(me, ttl, since))
+            self._save("lease", _lease_record(me, ttl, since, now))
             record = self._load("lease")  # another claimant may have written last
         return _holds(record, me), record
 
     def lease(self) -> dict[str, Any] | None:
         record = self._load("lease")
-        return None if _expired(record) else record
+        return None if _expired(record, self.clock()) else record
 
     def publish(self, document: Mapping[str, Any]) -> None:
         self._save("snapshot", document)
@@ -185,20 +192,21 @@ class FileStore:
 
     def report(self, alias: str, reason: str) -> None:
         reports = self._load("reports") or {}
-        reports[alias] = [time.time(), reason]
+        reports[alias] = [self.clock(), reason]
         self._save("reports", reports)
 
     def reports(self, aliases: list[str]) -> dict[str, tuple[float, str]]:
         found = self._load("reports") or {}
-        return _recent({alias: found[alias] for alias in aliases if alias in found})
+        return _recent({alias: found[alias] for alias in aliases if alias in found}, self.clock())
 
 
 class CacheStore:
     """Records in a Django cache, for processes on many hosts."""
 
-    def __init__(self, alias: str, key: str) -> None:
+    def __init__(self, alias: str, key: str, *, clock: Clock = time.time) -> None:
         self.alias = alias
         self.prefix = f"replica_router:health:{key}:"
+        self.clock = clock
 
     @property
     def _cache(self) -> Any:
@@ -207,24 +215,27 @@ class CacheStore:
         return caches[self.alias]
 
     def claim(self, me: Holder, ttl: float) -> tuple[bool, dict[str, Any] | None]:
-        cache, key = self._cache, self.prefix + "lease"
+        cache, key, now = self._cache, self.prefix + "lease", self.clock()
         # The cache expires the record by itself; add() writes only if there is
         # none (SET NX on Redis), so of two claimants exactly one gets it.
         timeout = max(1, round(ttl + 0.49))
-        if cache.add(key, _lease_record(me, ttl, None), timeout=timeout):
+        if cache.add(key, _lease_record(me, ttl, None, now), timeout=timeout):
             return True, cache.get(key)
         record = cache.get(key)
         # The cache keeps records for whole seconds; the record's own expiry
         # is what counts, so a shorter lease than a second is honoured.
-        if _holds(record, me) or _expired(record):
+        if _holds(record, me) or _expired(record, now):
             since = record.get("since") if _holds(record, me) and record else None
-            cache.set(key, _lease_record(me, ttl, since), timeout=timeout)
+            cache.set(key, _lease_record(me, ttl, since, now), timeout=timeout)
             record = cache.get(key)  # another claimant may have written last
         return _holds(record, me), record
 
     def lease(self) -> dict[str, Any] | None:
         record = self._cache.get(self.prefix + "lease")
-        return record if isinstance(record, dict) else None
+        # As in claim(): the record's own expiry counts, not the cache's whole seconds.
+        if not isinstance(record, dict) or _expired(record, self.clock()):
+            return None
+        return record
 
     def publish(self, document: Mapping[str, Any]) -> None:
         self._cache.set(self.prefix + "snapshot", dict(document), timeout=300)
@@ -235,16 +246,16 @@ class CacheStore:
 
     def report(self, alias: str, reason: str) -> None:
         self._cache.set(
-            self.prefix + "report:" + alias, [time.time(), reason], timeout=REPORT_SECONDS
+            self.prefix + "report:" + alias, [self.clock(), reason], timeout=REPORT_SECONDS
         )
 
     def reports(self, aliases: list[str]) -> dict[str, tuple[float, str]]:
         found = self._cache.get_many([self.prefix + "report:" + alias for alias in aliases])
-        return _recent({key.rsplit(":", 1)[1]: value for key, value in found.items()})
+        return _recent({key.rsplit(":", 1)[1]: value for key, value in found.items()}, self.clock())
 
 
-def _recent(raw: Mapping[str, Any]) -> dict[str, tuple[float, str]]:
-    oldest = time.time() - REPORT_SECONDS
+def _recent(raw: Mapping[str, Any], now: float) -> dict[str, tuple[float, str]]:
+    oldest = now - REPORT_SECONDS
     reports = {}
     for alias, value in raw.items():
         try:
@@ -269,11 +280,8 @@ class Guarded:
         self.deadline = deadline
         self._executor: ThreadPoolExecutor | None = None
         self._pending: Future[Any] | None = None
-        self._pid = os.getpid()
 
     def call(self, method: Callable[..., _T], *args: Any) -> _T:
-        if self._pid != os.getpid():  # forked: the parent's thread did not come along
-            self._pid, self._executor, self._pending = os.getpid(), None, None
         if self._pending is not None and not self._pending.done():
             raise StoreUnavailable("an earlier call to the store has not returned")
         if self._executor is None:
@@ -298,16 +306,23 @@ class Guarded:
             self._executor.shutdown(wait=False, cancel_futures=True)
             self._executor = None
 
+    def after_fork(self) -> None:
+        """In a forked child: the parent's thread, and the call it ran, did not
+        come along. A new thread starts on the next call."""
+        self._executor, self._pending = None, None
+
 
 def default_directory(key: str) -> str:
     """Where ``"host"`` mode keeps its files when ``HEALTH_DIR`` is not set."""
     return os.path.join(tempfile.gettempdir(), f"replica-router-health-{key}")
 
 
-def store_for(mode: str, *, key: str, cache: str, directory: str | None) -> Store | None:
+def store_for(
+    mode: str, *, key: str, cache: str, directory: str | None, clock: Clock = time.time
+) -> Store | None:
     """The store for a ``HEALTH_SHARING`` mode, or None for ``"process"``."""
     if mode == "host":
-        return FileStore(directory or default_directory(key))
+        return FileStore(directory or default_directory(key), clock=clock)
     if mode == "cache":
-        return CacheStore(cache, key)
+        return CacheStore(cache, key, clock=clock)
     return None

@@ -48,9 +48,13 @@ def closing() -> list[threading.Thread]:
 
 
 def forget() -> None:
-    """In a forked child: the parent's closing threads did not come along."""
-    with _lock:
-        _closing.clear()
+    """In a forked child: the parent's closing threads did not come along.
+
+    The lock is replaced, not taken: a thread of the parent may have held it.
+    """
+    global _lock
+    _lock = threading.Lock()
+    _closing.clear()
 
 
 def _close(alias: str) -> None:
