@@ -38,7 +38,7 @@ needs-%:
 # The library's suite against a real cluster (brought up with a PgBouncer in
 # front of each node, or reused from `make cluster-up`, and removed if created
 # here); then the tests marked `pgbouncer` again, through the PgBouncers
-# (tests/settings.py); then the branch coverage of replica_router/ over both
+# (testbed/settings.py); then the branch coverage of replica_router/ over both
 # (failing under the floor in pyproject.toml), then the sample site's suite.
 # Then Django's own suite without and with the router (test-django-suite).
 # Stops at the first of these that fails.

@@ -21,7 +21,7 @@ from collections import Counter
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
-os.environ.setdefault("DJANGO_SETTINGS_MODULE", "tests.settings")
+os.environ.setdefault("DJANGO_SETTINGS_MODULE", "testbed.settings")
 
 if not os.environ.get("REPLICA_ROUTER_CLUSTER_DIR"):
     sys.exit("Run it with 'make bench', which starts the local cluster it measures against.")
@@ -42,8 +42,8 @@ from replica_router import causal  # noqa: E402
 from replica_router.contrib.celery import install  # noqa: E402
 from replica_router.testing.cluster import Cluster  # noqa: E402
 from replica_router.testing.redis_server import RedisServer  # noqa: E402
-from tests.celery_app import make_app  # noqa: E402
-from tests.testapp.models import Author  # noqa: E402
+from testbed.celery_app import make_app  # noqa: E402
+from testbed.testapp.models import Author  # noqa: E402
 
 # The health monitor would take replicas this far behind out of rotation, which
 # hides the staleness being measured; here they stay in.

@@ -2,8 +2,8 @@
 
 Run with ``make bench`` (it starts the local cluster and sets
 ``REPLICA_ROUTER_CLUSTER_DIR``). gunicorn masters with sync workers serve
-``tests/fleet_site`` against the cluster's ``app`` database (migrated first);
-tests/fleet.py starts them, counts the monitor's connections in each node's
+``testbed/fleet_site`` against the cluster's ``app`` database (migrated first);
+``testbed/fleet`` starts them, counts the monitor's connections in each node's
 ``pg_stat_activity`` and times the faults. In one run:
 
 1. one host of ``--workers`` workers: monitor connections per node with
@@ -32,7 +32,7 @@ from collections.abc import Iterator
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
-os.environ.setdefault("DJANGO_SETTINGS_MODULE", "tests.settings")
+os.environ.setdefault("DJANGO_SETTINGS_MODULE", "testbed.settings")
 
 if not os.environ.get("REPLICA_ROUTER_CLUSTER_DIR"):
     sys.exit("Run it with 'make bench', which starts the local cluster it measures against.")
@@ -46,19 +46,12 @@ from django.core.management import call_command  # noqa: E402
 
 from replica_router.testing.cluster import Cluster  # noqa: E402
 from replica_router.testing.redis_server import RedisServer  # noqa: E402
-from tests.fleet import (  # noqa: E402
-    Writer,
-    all_states,
-    cache_prefix,
-    fleets,
-    measure_death_during_takeover,
-    measure_out_of_rotation,
-    measure_store_outage,
-    measure_takeover,
-    per_node,
-    seed,
-    settle_connections,
-)
+from testbed.fleet.connections import per_node, settle_connections  # noqa: E402
+from testbed.fleet.hosts import all_states, cache_prefix, fleets  # noqa: E402
+from testbed.fleet.load import Writer, seed  # noqa: E402
+from testbed.fleet.outage import measure_store_outage  # noqa: E402
+from testbed.fleet.rotation import measure_out_of_rotation  # noqa: E402
+from testbed.fleet.takeover import measure_death_during_takeover, measure_takeover  # noqa: E402
 
 DB = "app"
 

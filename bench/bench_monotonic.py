@@ -2,7 +2,7 @@
 
 Run with ``make bench`` (it starts the local cluster and sets
 ``REPLICA_ROUTER_CLUSTER_DIR``). The scenario of issue 14, shared with
-``tests/integration/test_consistency.py`` (see ``tests/monotonic.py``): two
+``tests/integration/test_consistency.py`` (see ``testbed/monotonic.py``): two
 replicas in rotation, ``replica_1`` applying WAL 1.5 s late, both under
 ``MAX_LAG_SECONDS`` (10 here); a counter bumped on the primary about every
 10 ms by a thread with its own connection; ``--requests`` requests through
@@ -20,7 +20,7 @@ import sys
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
-os.environ.setdefault("DJANGO_SETTINGS_MODULE", "tests.settings")
+os.environ.setdefault("DJANGO_SETTINGS_MODULE", "testbed.settings")
 
 if not os.environ.get("REPLICA_ROUTER_CLUSTER_DIR"):
     sys.exit("Run it with 'make bench', which starts the local cluster it measures against.")
@@ -34,7 +34,7 @@ from django.core.management import call_command  # noqa: E402
 
 from replica_router.conf import DEFAULTS  # noqa: E402
 from replica_router.testing.cluster import Cluster  # noqa: E402
-from tests.monotonic import (  # noqa: E402
+from testbed.monotonic import (  # noqa: E402
     DELAY_SECONDS,
     DELAYED,
     MAX_LAG_SECONDS,
@@ -45,7 +45,7 @@ from tests.monotonic import (  # noqa: E402
     through_pinned_requests,
     through_requests,
 )
-from tests.monotonic_urls import READS_PER_REQUEST  # noqa: E402
+from testbed.monotonic_urls import READS_PER_REQUEST  # noqa: E402
 
 SETTING = "MONOTONIC_READS"
 

@@ -4,7 +4,7 @@ Run it against the local cluster, as ``make bench`` does for bench_router.py::
 
     REPLICA_ROUTER_CLUSTER_DIR=/tmp/... python bench/bench_orm.py
 
-The read is ``Author.objects.get(pk=...)`` (tests.testapp; the bench migrates
+The read is ``Author.objects.get(pk=...)`` (testbed.testapp; the bench migrates
 the cluster's ``app`` database). Every alias has Django's native psycopg pool.
 The set-ups:
 
@@ -113,7 +113,7 @@ def _setup() -> Cluster:
         DATABASES=databases,
         # The app hooks nothing onto Django's own engine here: the primary's
         # engine (ours) notes writes itself.
-        INSTALLED_APPS=["replica_router", "tests.testapp"],
+        INSTALLED_APPS=["replica_router", "testbed.testapp"],
         DATABASE_ROUTERS=[],  # chosen per set-up
         REPLICA_ROUTER={"PRIMARY": OURS_PRIMARY, "REPLICAS": OURS_REPLICAS},
         REPLICA_DATABASES=PLAIN_REPLICAS,  # django-multidb-router's setting
@@ -159,7 +159,7 @@ def main() -> None:
     from replica_router import ReplicaRouter
     from replica_router.conf import get_config
     from replica_router.runtime import get_monitor
-    from tests.testapp.models import Author
+    from testbed.testapp.models import Author
 
     call_command("migrate", "testapp", database="default", verbosity=0)
     pk = Author.objects.using("default").create(name="bench").pk

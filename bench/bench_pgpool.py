@@ -192,7 +192,7 @@ class Load:
         from django.db import close_old_connections, connections
         from django.db.models.expressions import RawSQL
 
-        from tests.testapp.models import Author
+        from testbed.testapp.models import Author
 
         try:
             while not self.stop.is_set():
@@ -225,7 +225,7 @@ class Load:
     def _writer(self) -> None:
         from django.db import close_old_connections, connections
 
-        from tests.testapp.models import Author
+        from testbed.testapp.models import Author
 
         try:
             while not self.stop.is_set():
@@ -267,7 +267,7 @@ def _restore() -> None:
 
 
 def fault(kind: str, side: str, pgpool: PgpoolServer, args: argparse.Namespace) -> dict[str, Any]:
-    from tests.testapp.models import Author
+    from testbed.testapp.models import Author
 
     heartbeat = Author.objects.using("default").create(name=repr(time.time()))
     CLUSTER.wait_replayed()
@@ -321,7 +321,7 @@ def read_cost(reads: int) -> dict[str, float]:
     taking turns read by read."""
     from django.db import connections
 
-    from tests.testapp.models import Author
+    from testbed.testapp.models import Author
 
     pk = Author.objects.using("default").create(name="read cost").pk
     CLUSTER.wait_replayed()

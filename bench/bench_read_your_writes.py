@@ -20,7 +20,7 @@ import sys
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
-os.environ.setdefault("DJANGO_SETTINGS_MODULE", "tests.settings")
+os.environ.setdefault("DJANGO_SETTINGS_MODULE", "testbed.settings")
 
 if not os.environ.get("REPLICA_ROUTER_CLUSTER_DIR"):
     sys.exit("Run it with 'make bench', which starts the local cluster it measures against.")
@@ -52,7 +52,7 @@ def run_mode(mode: str, args: argparse.Namespace) -> dict[str, float]:
         "PIN_SECONDS": args.pin_seconds,
     }
     with override_settings(
-        ROOT_URLCONF="tests.ryw_urls", MIDDLEWARE=MIDDLEWARE, REPLICA_ROUTER=overrides
+        ROOT_URLCONF="testbed.ryw_urls", MIDDLEWARE=MIDDLEWARE, REPLICA_ROUTER=overrides
     ):
         return run_workload(args)
 

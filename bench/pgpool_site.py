@@ -1,6 +1,6 @@
 """Django settings, a router and views for the in-process parts of bench_pgpool.py.
 
-The test suite's settings (its app and models), with two ways to the same
+The testbed's settings (the test app and its models), with two ways to the same
 cluster: the router over ``default``, ``replica_1`` and ``replica_2``
 (weights 3:1), and pgpool-II as one alias, ``pgpool``, pooled like ours, or
 ``pgpool_per_request`` with a new connection per request. ``ThroughPgpool``
@@ -18,8 +18,8 @@ from django.db.models.expressions import RawSQL
 from django.http import HttpRequest, JsonResponse
 from django.urls import path
 
-from tests.settings import *  # noqa: F403 - the test app, its models, SECRET_KEY...
-from tests.settings import CLUSTER
+from testbed.settings import *  # noqa: F403 - the test app, its models, SECRET_KEY...
+from testbed.settings import CLUSTER
 
 assert CLUSTER is not None, "run it with make bench, which starts the local cluster"
 
@@ -137,14 +137,14 @@ def node_name(port: int) -> str:
 
 
 def create_author(request: HttpRequest) -> JsonResponse:
-    from tests.testapp.models import Author
+    from testbed.testapp.models import Author
 
     author = Author.objects.create(name=request.POST.get("name", "someone"))
     return JsonResponse({"id": author.pk})
 
 
 def show_author(request: HttpRequest, pk: int) -> JsonResponse:
-    from tests.testapp.models import Author
+    from testbed.testapp.models import Author
 
     port = (
         Author.objects.filter(pk=pk)

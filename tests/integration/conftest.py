@@ -11,7 +11,7 @@ from django.core.signals import setting_changed
 from django.db import connections
 
 from replica_router.testing.cluster import PRIMARY, Cluster
-from tests.pools import close_pools
+from tests.support.pools import close_pools
 
 
 def pytest_collection_modifyitems(config, items):

@@ -30,10 +30,10 @@ from django.test import override_settings
 from replica_router import causal
 from replica_router.context import causal_state
 from replica_router.contrib.celery import HEADER, install, uninstall
-from tests.celery_app import CONCURRENT, make_app
-from tests.monotonic import configured, lagging_counter, measure
-from tests.polling import wait_for
-from tests.testapp.models import Author
+from testbed.celery_app import CONCURRENT, make_app
+from testbed.monotonic import configured, lagging_counter, measure
+from testbed.polling import wait_for
+from testbed.testapp.models import Author
 
 pytestmark = pytest.mark.replica_routing
 
@@ -133,7 +133,7 @@ def test_a_prefork_worker_process_reads_the_row_its_enqueuer_just_wrote(
         "CELERY_TEST_BROKER": redis_server,
         "CELERY_TEST_DATABASE": connections["default"].settings_dict["NAME"],
     }
-    command = [sys.executable, "-m", "celery", "-A", "tests.celery_worker", "worker"]
+    command = [sys.executable, "-m", "celery", "-A", "testbed.celery_worker", "worker"]
     options = ["--pool=prefork", "--concurrency=2", "--loglevel=WARNING", f"-n={app.main}@%h"]
     log = tmp_path / "worker.log"
     with log.open("wb") as out:

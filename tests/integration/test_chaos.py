@@ -24,11 +24,11 @@ from prometheus_client import REGISTRY
 
 from replica_router.runtime import get_monitor
 from replica_router.testing.cluster import PRIMARY, Cluster
-from tests.polling import wait_for
-from tests.pools import close_pools
-from tests.testapp.models import Author
+from testbed.polling import wait_for
+from testbed.testapp.models import Author
+from tests.support.pools import close_pools
 
-# make test runs these a second time through PgBouncer (see tests/settings.py).
+# make test runs these a second time through PgBouncer (see testbed/settings.py).
 pytestmark = [pytest.mark.pgbouncer, pytest.mark.replica_routing]
 
 ALL = ["default", "replica_1", "replica_2"]

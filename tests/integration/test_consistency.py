@@ -8,7 +8,7 @@ MAX_LAG_SECONDS, so the health monitor rightly keeps both), while a counter is
 bumped on the primary about every 10 ms; each request reads the counter six
 times. Before monotonic reads, every request went back.
 
-The scenario lives in tests/monotonic.py; bench/bench_monotonic.py measures
+The scenario lives in testbed/monotonic.py; bench/bench_monotonic.py measures
 the same thing with the setting on and off.
 """
 
@@ -18,7 +18,7 @@ import pytest
 from django.db import connections
 
 from replica_router.testing.cluster import Cluster
-from tests.monotonic import (
+from testbed.monotonic import (
     DELAYED,
     Outcome,
     configured,

@@ -12,6 +12,7 @@ import threading
 import time
 from collections.abc import Callable, Iterator
 
+import psycopg
 import pytest
 from django.conf import settings
 from django.core.management import call_command
@@ -26,12 +27,12 @@ from replica_router.health.monitor import Monitor
 from replica_router.runtime import get_monitor
 from replica_router.signals import replica_state_changed
 from replica_router.testing.cluster import PRIMARY, Cluster
-from tests.factories import AuthorFactory
-from tests.polling import wait_for
-from tests.pools import close_pools
-from tests.testapp.models import Author
+from testbed.polling import wait_for
+from testbed.testapp.models import Author
+from tests.support.factories import AuthorFactory
+from tests.support.pools import close_pools
 
-# make test runs these a second time through PgBouncer (see tests/settings.py).
+# make test runs these a second time through PgBouncer (see testbed/settings.py).
 pytestmark = [pytest.mark.pgbouncer, pytest.mark.replica_routing]
 
 ALL = ["default", "replica_1", "replica_2"]
@@ -457,3 +458,21 @@ def test_a_primary_found_down_keeps_its_connections(
     assert outcome.get("done")
     names = set(Author.objects.using("default").values_list("name", flat=True))
     assert {"before the hang", "after the hang"} <= names
+
+
+@db
+def test_a_replica_found_down_loses_its_own_connections_and_nothing_else(
+    seeded, fast_monitor: Monitor, replica_cluster: Cluster
+):
+    """The cut-off shuts down the connections the engine made for the alias,
+    not every socket of the process to that address: another client of the
+    same server (a plain psycopg connection, as another alias or a library
+    would hold) keeps its session."""
+    served_port("replica_1")  # the alias's persistent connection is open
+    engine_connection = connections["replica_1"].connection
+    with replica_cluster.connect("replica_1") as bystander:
+        pid = bystander.info.backend_pid
+        fast_monitor.report_failure("replica_1", "found down by the test")
+        with pytest.raises(psycopg.OperationalError):
+            engine_connection.execute("SELECT 1")  # its socket is shut down
+        assert bystander.execute("SELECT pg_backend_pid()").fetchone() == (pid,)

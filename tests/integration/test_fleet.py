@@ -7,7 +7,7 @@ times a second. With ``HEALTH_SHARING = "host"`` (files on one host) or
 ``"cache"`` (Redis, across hosts) only the holder of a lease probes.
 
 Everything is real: gunicorn masters with sync workers serving
-``tests/fleet_site`` (tests/fleet.py), the cluster's PostgreSQL servers, a
+``testbed/fleet_site`` (``testbed/fleet``), the cluster's PostgreSQL servers, a
 redis-server. The counts are ``pg_stat_activity`` rows on each node whose
 ``application_name`` is the monitor's; the times are each worker's own record
 of its transitions, on this host's clock. The figures are printed (``-s``).
@@ -21,19 +21,12 @@ from django.db import connections
 from replica_router import runtime
 from replica_router.testing.cluster import Cluster
 from replica_router.testing.redis_server import RedisServer
-from tests.fleet import (
-    Writer,
-    all_states,
-    cache_prefix,
-    fleets,
-    measure_death_during_takeover,
-    measure_out_of_rotation,
-    measure_store_outage,
-    measure_takeover,
-    per_node,
-    seed,
-    settle_connections,
-)
+from testbed.fleet.connections import per_node, settle_connections
+from testbed.fleet.hosts import all_states, cache_prefix, fleets
+from testbed.fleet.load import Writer, seed
+from testbed.fleet.outage import measure_store_outage
+from testbed.fleet.rotation import measure_out_of_rotation
+from testbed.fleet.takeover import measure_death_during_takeover, measure_takeover
 
 pytestmark = pytest.mark.replica_routing
 

@@ -31,11 +31,11 @@ from replica_router.health.monitor import Monitor
 from replica_router.runtime import get_monitor
 from replica_router.signals import replica_state_changed
 from replica_router.testing.cluster import PRIMARY, Cluster
-from tests.factories import AuthorFactory
-from tests.polling import wait_for
-from tests.testapp.models import Author
+from testbed.polling import wait_for
+from testbed.testapp.models import Author
+from tests.support.factories import AuthorFactory
 
-# make test runs these a second time through PgBouncer (see tests/settings.py).
+# make test runs these a second time through PgBouncer (see testbed/settings.py).
 pytestmark = [pytest.mark.pgbouncer, pytest.mark.replica_routing]
 
 ALL = ["default", "replica_1", "replica_2"]

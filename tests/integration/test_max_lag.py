@@ -23,10 +23,10 @@ from replica_router import ReplicaRouter, max_lag
 from replica_router.health.model import State
 from replica_router.runtime import get_monitor
 from replica_router.testing.cluster import PRIMARY, Cluster
-from tests.polling import wait_for
-from tests.testapp.models import Author
+from testbed.polling import wait_for
+from testbed.testapp.models import Author
 
-# make test runs these a second time through PgBouncer (see tests/settings.py).
+# make test runs these a second time through PgBouncer (see testbed/settings.py).
 pytestmark = [pytest.mark.pgbouncer, pytest.mark.replica_routing]
 
 ALL = ["default", "replica_1", "replica_2"]

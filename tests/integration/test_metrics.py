@@ -32,9 +32,9 @@ from replica_router.health import State
 from replica_router.report import pool_stats
 from replica_router.runtime import get_counters, get_monitor
 from replica_router.testing.cluster import Cluster
-from tests.factories import AuthorFactory
-from tests.polling import wait_for
-from tests.testapp.models import Author
+from testbed.polling import wait_for
+from testbed.testapp.models import Author
+from tests.support.factories import AuthorFactory
 
 pytestmark = pytest.mark.replica_routing
 
@@ -165,7 +165,7 @@ def test_pins_set_and_honoured_and_the_reads_they_pin(pause_replica, replica_clu
     # Lag tolerated: the replicas stay in rotation, so only pinning keeps the
     # read that follows the write off them.
     tolerant = metrics_settings(MAX_LAG_SECONDS=3600.0, MAX_LAG_BYTES=2**40, READ_YOUR_WRITES="lsn")
-    with tolerant, override_settings(ROOT_URLCONF="tests.ryw_urls", MIDDLEWARE=PINNING):
+    with tolerant, override_settings(ROOT_URLCONF="testbed.ryw_urls", MIDDLEWARE=PINNING):
         client = Client()
         router.db_for_read(Author)  # the monitor is up before the replicas stop
         pause_replica("replica_1")
@@ -245,7 +245,7 @@ def test_gauges_are_the_monitor_snapshot(pause_replica, replica_cluster: Cluster
 
 @db
 def test_pool_gauges_are_the_pools_of_this_process(metrics_on, author):
-    # tests.settings pools replica_2 only.
+    # testbed.settings pools replica_2 only.
     assert Author.objects.using("replica_2").filter(pk=author.pk).exists()
     connections["replica_2"].close()  # back to the pool
 
@@ -358,7 +358,7 @@ def _every_count() -> dict[str, list]:
 @db
 def test_with_metrics_off_nothing_is_counted_or_exported(replica_cluster: Cluster):
     off = {**settings.REPLICA_ROUTER, "METRICS": False, "READ_YOUR_WRITES": "time"}
-    with override_settings(REPLICA_ROUTER=off, ROOT_URLCONF="tests.ryw_urls", MIDDLEWARE=PINNING):
+    with override_settings(REPLICA_ROUTER=off, ROOT_URLCONF="testbed.ryw_urls", MIDDLEWARE=PINNING):
         assert get_counters() is None
         before = _every_count()
         author = AuthorFactory()

@@ -26,10 +26,10 @@ from psycopg import sql
 from replica_router import causal, current_token
 from replica_router.middleware import sign_pin
 from replica_router.testing.cluster import Cluster
-from tests.factories import AuthorFactory
-from tests.testapp.models import Author
+from testbed.testapp.models import Author
+from tests.support.factories import AuthorFactory
 
-# make test runs these a second time through PgBouncer (see tests/settings.py).
+# make test runs these a second time through PgBouncer (see testbed/settings.py).
 pytestmark = [pytest.mark.pgbouncer, pytest.mark.replica_routing]
 
 ALL = ["default", "replica_1", "replica_2"]
@@ -48,7 +48,7 @@ TOLERANT = {"MAX_LAG_SECONDS": 3600.0, "MAX_LAG_BYTES": 2**40, "CHECK_INTERVAL":
 
 def configured(mode: str = "lsn", middleware: list[str] = PINNING, **extra):
     return override_settings(
-        ROOT_URLCONF="tests.ryw_urls",
+        ROOT_URLCONF="testbed.ryw_urls",
         MIDDLEWARE=middleware,
         REPLICA_ROUTER={
             **settings.REPLICA_ROUTER,

@@ -30,13 +30,13 @@ from django.test import override_settings
 
 from replica_router.management.commands.replica_health import COLUMNS
 from replica_router.testing.cluster import PRIMARY, Cluster
-from tests.testapp.models import Author
+from testbed.testapp.models import Author
 
 pytestmark = pytest.mark.replica_routing
 
 ALL = ["default", "replica_1", "replica_2"]
 db = pytest.mark.django_db(databases=ALL, transaction=True)
-PASSWORD = "s3cret-pw"  # every alias's PASSWORD in tests.settings
+PASSWORD = "s3cret-pw"  # every alias's PASSWORD in testbed.settings
 ROOT = Path(__file__).resolve().parents[2]
 STATES = {"healthy", "lagging", "down", "ejected", "unknown"}
 LSN = re.compile(r"^[0-9A-F]+/[0-9A-F]+$")
@@ -134,7 +134,7 @@ def states_of(document: dict) -> dict[str, str]:
 
 @db
 def test_the_table_lists_every_node_with_its_address_state_and_pool(replica_cluster: Cluster):
-    # Open replica_2's pool (tests.settings gives it Django's psycopg pool) in
+    # Open replica_2's pool (testbed.settings gives it Django's psycopg pool) in
     # this process: the table shows pool figures for it and "-" for the others.
     connections["replica_2"].ensure_connection()
     replica_cluster.wait_replayed()
@@ -278,7 +278,7 @@ def test_manage_py_exits_with_the_check_status(replica_cluster: Cluster):
     # The status a shell script sees, from a process of its own (which has no
     # test database and no monitor running: it probes by itself).
     replica_cluster.wait_replayed()
-    env = {**os.environ, "DJANGO_SETTINGS_MODULE": "tests.settings", "PYTHONPATH": str(ROOT)}
+    env = {**os.environ, "DJANGO_SETTINGS_MODULE": "testbed.settings", "PYTHONPATH": str(ROOT)}
 
     result = subprocess.run(
         [sys.executable, "-m", "django", "replica_health", "--check", "--format", "json"],

@@ -19,10 +19,10 @@ from django.test.utils import CaptureQueriesContext
 
 from replica_router import use_primary
 from replica_router.testing.cluster import PRIMARY, Cluster
-from tests.factories import AuthorFactory, BookFactory
-from tests.testapp.models import Author, Book
+from testbed.testapp.models import Author, Book
+from tests.support.factories import AuthorFactory, BookFactory
 
-# make test runs these a second time through PgBouncer (see tests/settings.py).
+# make test runs these a second time through PgBouncer (see testbed/settings.py).
 pytestmark = [pytest.mark.pgbouncer, pytest.mark.replica_routing]
 
 ALL = ["default", "replica_1", "replica_2"]
@@ -80,7 +80,7 @@ def test_reads_spread_over_both_standbys_by_weight(replica_cluster: Cluster):
             'FROM "testapp_author"', lambda: [Author.objects.get(pk=author.pk) for _ in range(40)]
         )
     )
-    # tests.settings weights replica_1:replica_2 as 1:1.
+    # testbed.settings weights replica_1:replica_2 as 1:1.
     assert served == {"replica_1": 20, "replica_2": 20}
 
 

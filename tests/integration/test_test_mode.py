@@ -14,8 +14,8 @@ import pytest
 from django.db import connections, router
 
 from replica_router.testing import replica_routing
-from tests.factories import AuthorFactory
-from tests.testapp.models import Author
+from testbed.testapp.models import Author
+from tests.support.factories import AuthorFactory
 
 REPLICAS = {"replica_1", "replica_2"}
 

@@ -24,8 +24,8 @@ from django.test import AsyncClient, override_settings
 
 from replica_router.runtime import get_monitor
 from replica_router.testing.cluster import PRIMARY, Cluster
-from tests.pools import close_pools
-from tests.testapp.models import Author
+from testbed.testapp.models import Author
+from tests.support.pools import close_pools
 
 pytestmark = pytest.mark.replica_routing
 
@@ -33,7 +33,7 @@ ALL = ["default", "replica_1", "replica_2"]
 ALL_NODES = [PRIMARY, "replica_1", "replica_2"]
 db = pytest.mark.django_db(databases=ALL, transaction=True)
 URL = "/health/replicas/"
-PASSWORD = "s3cret-pw"  # every alias's PASSWORD in tests.settings
+PASSWORD = "s3cret-pw"  # every alias's PASSWORD in testbed.settings
 AUTH_MIDDLEWARE = [
     "django.contrib.sessions.middleware.SessionMiddleware",
     "django.contrib.auth.middleware.AuthenticationMiddleware",
@@ -122,7 +122,7 @@ def test_anonymous_callers_see_states_but_no_hosts_ports_or_errors(client, repli
 
 @db
 def test_a_site_without_auth_middleware_is_served_as_anonymous(client, replica_cluster):
-    response = client.get(URL)  # tests.settings has no middleware: no request.user
+    response = client.get(URL)  # testbed.settings has no middleware: no request.user
 
     assert response.status_code == 200
     assert_no_topology(response, replica_cluster)

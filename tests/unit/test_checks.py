@@ -342,7 +342,7 @@ def test_app_config_registers_every_check(monkeypatch):
 def test_test_apps_are_what_w003_expects():
     # Guards the tests above: they rely on these apps being installed.
     assert apps.is_installed("django.contrib.sessions")
-    assert apps.is_installed("tests.testapp")
+    assert apps.is_installed("testbed.testapp")
 
 
 def test_w004_probes_rarer_than_the_lag_promise():

@@ -1,25 +1,32 @@
-"""The package's layout rules, checked on its source: they keep the architecture
-readable from the file list (docs/architecture.md).
+"""The layout rules, checked on the source: they keep the architecture readable
+from the file list (docs/architecture.md).
 
-* no import cycles between our modules, counting imports inside functions;
+* no import cycles between our modules (the package's, and ``testbed``'s),
+  counting imports inside functions;
 * no module imports another's underscore names;
 * no production module imports ``django.test`` (it would load Django's test
   machinery into every worker);
-* exactly one ``setting_changed`` receiver, in ``runtime``.
+* exactly one ``setting_changed`` receiver, in ``runtime``;
+* the repository's rooms: ``bench/`` and ``testbed/`` (the Django project that
+  the tests and the benchmarks run against) never import ``tests``, and the top
+  of ``tests/`` holds test packages only (helpers go in ``tests/support``).
 """
 
 from __future__ import annotations
 
 import ast
+import re
 import subprocess
 import sys
 from pathlib import Path
 
+import pytest
 from django.core.signals import setting_changed
 
 import replica_router
 
 PACKAGE = Path(replica_router.__file__).parent
+ROOT = PACKAGE.parent
 # The cluster tool and pytest plugin are test tooling by design.
 PRODUCTION = sorted(p for p in PACKAGE.rglob("*.py") if "testing" not in p.parts)
 
@@ -40,22 +47,28 @@ def imports(path: Path) -> list[tuple[str, list[str]]]:
     return found
 
 
-def our_graph() -> dict[str, set[str]]:
-    modules = {module_name(p): p for p in PRODUCTION}
+def our_graph(paths: list[Path]) -> dict[str, set[str]]:
+    modules = {module_name(p): p for p in paths}
+    top = module_name(paths[0]).split(".")[0]
     graph: dict[str, set[str]] = {}
     for name, path in modules.items():
         edges = set()
         for module, names in imports(path):
-            if module == "replica_router":  # ``from replica_router import runtime``
-                edges |= {f"replica_router.{n}" for n in names} & modules.keys()
+            if module == top:  # ``from replica_router import runtime``
+                edges |= {f"{top}.{n}" for n in names} & modules.keys()
             elif module in modules:
                 edges.add(module)
         graph[name] = edges - {name}
     return graph
 
 
-def test_there_are_no_import_cycles():
-    graph = our_graph()
+@pytest.mark.parametrize(
+    "paths",
+    [PRODUCTION, sorted((ROOT / "testbed").rglob("*.py"))],
+    ids=["replica_router", "testbed"],
+)
+def test_there_are_no_import_cycles(paths: list[Path]):
+    graph = our_graph(paths)
     done: set[str] = set()
 
     def visit(module: str, path: list[str]) -> None:
@@ -109,7 +122,7 @@ def test_a_running_site_does_not_load_djangos_test_machinery():
         capture_output=True,
         text=True,
         check=True,
-        env={"DJANGO_SETTINGS_MODULE": "tests.settings", "PATH": "/usr/bin:/bin"},
+        env={"DJANGO_SETTINGS_MODULE": "testbed.settings", "PATH": "/usr/bin:/bin"},
         cwd=PACKAGE.parent,
     )
     assert out.stdout.strip() == "[]", out.stdout
@@ -122,3 +135,40 @@ def test_one_setting_changed_receiver_resets_everything():
         if isinstance(key[0], str) and key[0].startswith("replica_router")
     ]
     assert [key[0] for key in ours] == ["replica_router.runtime.reset"]
+
+
+def mentions_of_tests(path: Path) -> list[str]:
+    """The imports of ``tests`` in the file, and the strings that name a module of
+    it (a ``DJANGO_SETTINGS_MODULE``, a ``ROOT_URLCONF``, a ``celery -A``)."""
+    tree = ast.parse(path.read_text())
+    found = [
+        f"import {module}"
+        for module, _ in imports(path)
+        if module == "tests" or module.startswith("tests.")
+    ]
+    found += [
+        repr(node.value)
+        for node in ast.walk(tree)
+        if isinstance(node, ast.Constant)
+        and isinstance(node.value, str)
+        and re.fullmatch(r"tests(\.\w+)+(:\w+)?", node.value)
+    ]
+    return found
+
+
+@pytest.mark.parametrize("room", ["bench", "testbed"])
+def test_bench_and_testbed_never_import_tests(room: str):
+    files = sorted((ROOT / room).rglob("*.py"))
+    assert files, f"no {room}/ next to the package"
+    offenders = [
+        f"{path.relative_to(ROOT)}: {mention}"
+        for path in files
+        for mention in mentions_of_tests(path)
+    ]
+    assert offenders == []
+
+
+def test_the_top_of_tests_holds_test_packages_only():
+    # Shared harnesses are in testbed/, helpers only tests use in tests/support/.
+    modules = sorted(path.name for path in (ROOT / "tests").glob("*.py"))
+    assert modules == ["__init__.py", "conftest.py"]

@@ -24,7 +24,7 @@ from django.test.utils import isolate_apps
 import replica_router
 from replica_router import NoReplicaAvailable, ReplicaRouter, use_primary
 from replica_router.runtime import get_balancer
-from tests.testapp.models import Author, Book
+from testbed.testapp.models import Author, Book
 
 # Pure routing rules: the health monitor (tested against the cluster in
 # test_health.py) is off, so nothing here depends on probes.
@@ -119,7 +119,7 @@ def test_primary_only(router, primary_only, to_primary, to_replica):
             assert "default" not in reads(router, model, 4), model
 
 
-@isolate_apps("tests.testapp")
+@isolate_apps("testbed.testapp")
 def test_primary_only_covers_proxies_of_the_model(router):
     class AuthorProxy(Author):
         class Meta:
@@ -235,6 +235,7 @@ def test_public_api():
         "causal",
         "current_token",
         "max_lag",
+        "reset_state",
         "use_primary",
     ]
     assert replica_router.ReplicaRouter is ReplicaRouter

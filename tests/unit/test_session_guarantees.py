@@ -22,7 +22,7 @@ from replica_router import ReplicaRouter, causal, max_lag, runtime, use_primary
 from replica_router.context import MaxLag, lag_budget, primary_forced
 from replica_router.health.model import Freshness
 from replica_router.router import alternative_for
-from tests.testapp.models import Author
+from testbed.testapp.models import Author
 
 WEIGHTED = {"REPLICAS": {"replica_1": 3, "replica_2": 1}, "HEALTH_CHECKS": False}
 MEASURED = {"REPLICAS": {"replica_1": 3, "replica_2": 1}, "MAX_LAG_SECONDS": 5.0}

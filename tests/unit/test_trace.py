@@ -29,7 +29,7 @@ from replica_router.trace import (
     install,
     tracing,
 )
-from tests.testapp.models import Author
+from testbed.testapp.models import Author
 
 NO_MONITOR = {"REPLICAS": {"replica_1": 1, "replica_2": 1}, "HEALTH_CHECKS": False}
 

@@ -4,7 +4,7 @@ from django.http import HttpRequest, HttpResponse
 from django.urls import path
 
 from replica_router.views import metrics, replica_health
-from tests.testapp.models import Author
+from testbed.testapp.models import Author
 
 
 def author_names(request: HttpRequest) -> HttpResponse:

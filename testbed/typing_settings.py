@@ -8,6 +8,6 @@ INSTALLED_APPS = [
     "django.contrib.contenttypes",
     "django.contrib.sessions",
     "replica_router",
-    "tests.testapp",
+    "testbed.testapp",
 ]
 DATABASES = {"default": {"ENGINE": "django.db.backends.postgresql", "NAME": "app"}}

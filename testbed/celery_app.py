@@ -17,7 +17,7 @@ from django.db import router, transaction
 from replica_router.context import causal_state
 from replica_router.contrib.celery import token_of
 from replica_router.lsn import format_lsn
-from tests.testapp.models import Author, Counter
+from testbed.testapp.models import Author, Counter
 
 # The concurrency test holds this many tasks inside their causal blocks at once.
 CONCURRENT = 4

@@ -1,4 +1,4 @@
-"""Settings for the gunicorn workers that tests/fleet.py starts (issue 15).
+"""Settings for the gunicorn workers that the fleet harness, ``testbed/fleet``, starts (issue 15).
 
 The test settings, plus what the harness passes in the environment:
 
@@ -18,8 +18,8 @@ from __future__ import annotations
 
 import os
 
-from tests.settings import *  # noqa: F403
-from tests.settings import DATABASES, REPLICA_ROUTER
+from testbed.settings import *  # noqa: F403
+from testbed.settings import DATABASES, REPLICA_ROUTER
 
 _env = os.environ.get
 
@@ -44,7 +44,7 @@ if _env("REPLICA_ROUTER_REDIS_URL"):
         }
     }
 
-ROOT_URLCONF = "tests.fleet_site.urls"
+ROOT_URLCONF = "testbed.fleet_site.urls"
 ALLOWED_HOSTS = ["127.0.0.1", "localhost"]
 
 # The monitor's transitions and the lease's hand-overs, in the gunicorn log.

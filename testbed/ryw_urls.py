@@ -6,7 +6,7 @@ from django.contrib.auth import authenticate, login
 from django.http import HttpRequest, HttpResponse, JsonResponse
 from django.urls import path
 
-from tests.testapp.models import Author, Book
+from testbed.testapp.models import Author, Book
 
 
 def create_author(request: HttpRequest) -> JsonResponse:

@@ -4,7 +4,7 @@ Two replicas in rotation, one current and one applying WAL
 :data:`DELAY_SECONDS` late, both well under ``MAX_LAG_SECONDS``; a counter row
 that a thread of its own bumps on the primary about every
 :data:`BUMP_INTERVAL`; and pages (or ``causal()`` blocks) that read the counter
-:data:`~tests.monotonic_urls.READS_PER_REQUEST` times, each read routed as
+:data:`~testbed.monotonic_urls.READS_PER_REQUEST` times, each read routed as
 usual. A group of reads *went back* when a later read returned a smaller value
 than an earlier one: a user saw the page's data move backwards in time.
 
@@ -32,9 +32,9 @@ from replica_router import causal
 from replica_router.runtime import get_balancer, get_monitor
 from replica_router.signals import replica_state_changed
 from replica_router.testing.cluster import PRIMARY, Cluster
-from tests.monotonic_urls import READS_PER_REQUEST
-from tests.polling import wait_for
-from tests.testapp.models import Counter
+from testbed.monotonic_urls import READS_PER_REQUEST
+from testbed.polling import wait_for
+from testbed.testapp.models import Counter
 
 #: The replica that applies WAL late, and how late.
 DELAYED = "replica_1"
@@ -58,7 +58,7 @@ Read = tuple[int, str]  # (counter value, alias that served it)
 def configured(**router_settings: Any) -> override_settings:
     """The scenario's settings, with ``router_settings`` added to REPLICA_ROUTER."""
     return override_settings(
-        ROOT_URLCONF="tests.monotonic_urls",
+        ROOT_URLCONF="testbed.monotonic_urls",
         MIDDLEWARE=MIDDLEWARE,
         REPLICA_ROUTER={
             **settings.REPLICA_ROUTER,

@@ -1,4 +1,4 @@
-"""Settings for the test suite.
+"""Settings for the test suite and the benchmarks (bench/ sets them as DJANGO_SETTINGS_MODULE too).
 
 ``tests/integration`` runs against a real primary and its streaming replicas,
 named by REPLICA_ROUTER_CLUSTER_DIR, which ``make test`` (through ``python -m
@@ -74,9 +74,9 @@ INSTALLED_APPS = [
     "django.contrib.contenttypes",
     "django.contrib.sessions",
     "replica_router",
-    "tests.testapp",
+    "testbed.testapp",
 ]
 DEFAULT_AUTO_FIELD = "django.db.models.BigAutoField"
-ROOT_URLCONF = "tests.urls"
+ROOT_URLCONF = "testbed.urls"
 MIDDLEWARE: list[str] = []
 STATIC_URL = "static/"

@@ -1,4 +1,4 @@
-"""gunicorn settings for the fleet site; tests/fleet.py passes bind and workers.
+"""gunicorn settings for the fleet site; testbed/fleet/hosts.py passes bind and workers.
 
 Every worker starts its health monitor as soon as it is up, the way the
 router's first read would start it. Without this, a worker that happened to
@@ -6,7 +6,7 @@ serve no request yet would run no monitor and the connection counts would
 depend on how the kernel spread the requests.
 """
 
-wsgi_app = "tests.fleet_site.wsgi:application"
+wsgi_app = "testbed.fleet_site.wsgi:application"
 worker_class = "sync"
 graceful_timeout = 5
 # gunicorn 27 opens a control socket in ~/.gunicorn by default; no use here.

@@ -11,7 +11,7 @@ from django.http import HttpRequest, JsonResponse
 from django.urls import path
 from django.views.decorators.csrf import csrf_exempt
 
-from tests.testapp.models import Counter
+from testbed.testapp.models import Counter
 
 #: Reads of the counter in one request.
 READS_PER_REQUEST = 6

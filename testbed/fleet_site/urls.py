@@ -15,7 +15,7 @@ from django.urls import path
 
 from replica_router.runtime import get_balancer, get_monitor
 from replica_router.signals import replica_state_changed
-from tests.testapp.models import Author
+from testbed.testapp.models import Author
 
 #: (wall-clock time, alias, old state, new state) of this worker's transitions.
 _changes: deque[tuple[float, str, str, str]] = deque(maxlen=500)
@@ -27,7 +27,7 @@ def _record(sender, alias, old_state, new_state, reason, **kwargs):
         _changes.append((time.time(), alias, old_state, new_state))
 
 
-replica_state_changed.connect(_record, weak=False, dispatch_uid="tests.fleet_site.record")
+replica_state_changed.connect(_record, weak=False, dispatch_uid="testbed.fleet_site.record")
 
 
 def state(request: HttpRequest) -> JsonResponse:

@@ -3,7 +3,7 @@ from __future__ import annotations
 import factory
 from factory.django import DjangoModelFactory
 
-from tests.testapp.models import Author, Book
+from testbed.testapp.models import Author, Book
 
 
 class AuthorFactory(DjangoModelFactory):
