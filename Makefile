@@ -106,6 +106,7 @@ bench: needs-postgresql+wrk+redis+pgpool2 install
 	mkdir -p docs/bench
 	$(CLUSTER) run --dir $(CLUSTER_DIR) --replicas $(REPLICAS) -- sh -c '\
 		$(BIN)/python bench/bench_router.py | tee docs/bench/router.txt && \
+		$(BIN)/python bench/bench_hooks.py | tee docs/bench/hooks.txt && \
 		$(BIN)/python bench/bench_orm.py | tee docs/bench/orm.txt && \
 		$(BIN)/python bench/bench_read_your_writes.py | tee docs/bench/read_your_writes.txt && \
 		$(BIN)/python bench/bench_monotonic.py | tee docs/bench/monotonic.txt && \

@@ -236,8 +236,9 @@ class DatabaseWrapper(base.DatabaseWrapper):
     # -- a read that failed ------------------------------------------------------
 
     # Cursors of replica aliases retry a failed read; cursors of the primary
-    # note writes. Cursor classes rather than execute wrappers: Django's
-    # wrapper machinery costs every query a few microseconds.
+    # note writes. Cursor classes (make_cursor, CursorWrapper.execute) rather
+    # than execute wrappers: Django runs every query of a connection that has
+    # wrappers through a chain of partials; bench/bench_hooks.py compares both.
     def make_cursor(self, cursor: Any) -> Any:
         role = role_of(self.alias)
         if role is REPLICA:
@@ -255,17 +256,18 @@ class DatabaseWrapper(base.DatabaseWrapper):
         return super().make_debug_cursor(cursor)
 
     def retry_read(
-        self, cursor_wrapper: Any, error: OperationalError, run: Callable[[], Any]
+        self, cursor_wrapper: Any, sql: Any, error: OperationalError, run: Callable[[], Any]
     ) -> Any:
-        """Run a read again elsewhere after ``error``, if the error shows a fault of
-        the server (see ``faults``) and running it again is safe; else re-raise.
+        """Run the read ``sql`` again elsewhere after ``error``, if the error shows
+        a fault of the server (see ``faults``) and running it again is safe; else
+        re-raise.
 
         A read runs at most three times: after a conflict on a stand-in too, it
         runs on the primary; after a broken connection, once more.
         """
         for attempt in range(_MAX_RUNS - 1):
             fault = classify(error, self.connection)
-            if fault is None or not self._may_retry(cursor_wrapper.last_sql, cursor_wrapper):
+            if fault is None or not self._may_retry(sql, cursor_wrapper):
                 raise error
             if fault is Fault.GONE and attempt:
                 raise error  # a broken connection gets one more run, not two
@@ -293,64 +295,57 @@ class DatabaseWrapper(base.DatabaseWrapper):
         return is_plain_read(sql)
 
 
-# Django's CursorDebugWrapper shares CursorWrapper's _execute; calling it
-# directly rather than through super() saves a bound method on every query.
-_django_execute = utils.CursorWrapper._execute  # type: ignore[attr-defined]
-_django_executemany = utils.CursorWrapper._executemany  # type: ignore[attr-defined]
-
-
 class _RetryMixin:
-    """``_execute`` that hands a failed read to :meth:`DatabaseWrapper.retry_read`."""
+    """``execute`` that hands a failed read to :meth:`DatabaseWrapper.retry_read`.
+
+    Each run goes through the parent class's ``execute``: under a debug cursor,
+    each is recorded, as each is a statement the server ran.
+    """
 
     db: DatabaseWrapper
-    last_sql: Any = None
+    _execute_once: Callable[..., Any]
 
-    def _execute(self, sql: Any, params: Any, *ignored_wrapper_args: Any) -> Any:
+    def execute(self, sql: Any, params: Any = None) -> Any:
         try:
-            return _django_execute(self, sql, params, *ignored_wrapper_args)
+            return self._execute_once(sql, params)
         except OperationalError as exc:
-            self.last_sql = sql
-            return self.db.retry_read(
-                self, exc, lambda: self._run_again(sql, params, *ignored_wrapper_args)
-            )
-
-    def _run_again(self, sql: Any, params: Any, *ignored_wrapper_args: Any) -> Any:
-        return _django_execute(self, sql, params, *ignored_wrapper_args)
+            return self.db.retry_read(self, sql, exc, lambda: self._execute_once(sql, params))
 
 
 class _RetryingCursorWrapper(_RetryMixin, utils.CursorWrapper):
-    pass
+    _execute_once = utils.CursorWrapper.execute
 
 
 # The PostgreSQL backend's debug wrapper, whose copy() logs the COPY statement.
 class _RetryingCursorDebugWrapper(_RetryMixin, base.CursorDebugWrapper):
-    def _run_again(self, sql: Any, params: Any, *ignored_wrapper_args: Any) -> Any:
-        # Each run is a statement the server ran: the run again is recorded
-        # here, and execute()'s own record covers the failed run and this one.
-        with self.debug_sql(sql, params, use_last_executed_query=True):
-            return _django_execute(self, sql, params, *ignored_wrapper_args)
+    _execute_once = base.CursorDebugWrapper.execute
 
 
 class _WriteNotingMixin:
-    """``_execute`` and ``_executemany`` that note a write (see ``writes.note_if_write``)."""
+    """``execute`` and ``executemany`` that note a write (see ``writes.note_if_write``)."""
 
-    def _execute(self, sql: Any, params: Any, *ignored_wrapper_args: Any) -> Any:
-        result = _django_execute(self, sql, params, *ignored_wrapper_args)
+    _execute_once: Callable[..., Any]
+    _executemany_once: Callable[..., Any]
+
+    def execute(self, sql: Any, params: Any = None) -> Any:
+        result = self._execute_once(sql, params)
         note_if_write(sql)
         return result
 
-    def _executemany(self, sql: Any, param_list: Any, *ignored_wrapper_args: Any) -> Any:
-        result = _django_executemany(self, sql, param_list, *ignored_wrapper_args)
+    def executemany(self, sql: Any, param_list: Any) -> Any:
+        result = self._executemany_once(sql, param_list)
         note_if_write(sql)
         return result
 
 
 class _WriteNotingCursorWrapper(_WriteNotingMixin, utils.CursorWrapper):
-    pass
+    _execute_once = utils.CursorWrapper.execute
+    _executemany_once = utils.CursorWrapper.executemany
 
 
 class _WriteNotingCursorDebugWrapper(_WriteNotingMixin, base.CursorDebugWrapper):
-    pass
+    _execute_once = base.CursorDebugWrapper.execute
+    _executemany_once = base.CursorDebugWrapper.executemany
 
 
 #: Where the next connection goes after a recovery conflict (see ``_note_fault``).
