@@ -78,7 +78,7 @@ def main() -> None:
         f"cursor.execute() on a do-nothing cursor, ns per call ({args.rounds} rounds x "
         f"{args.number:,} calls, Python {sys.version.split()[0]}, Django {django.get_version()})"
     )
-    print(describe(0))
+    print(describe(None))
     base = statistics.median(timings["Django's CursorWrapper, no hook"])
     print(f"{'':40} {'median':>8} {'added':>8}")
     for name, values in timings.items():

@@ -35,7 +35,8 @@ def postgres_version() -> str:
     return out.stdout.strip().replace("postgres (PostgreSQL) ", "PostgreSQL ")
 
 
-def describe(replicas: int) -> str:
+def describe(replicas: int | None) -> str:
+    """The machine and versions; ``replicas`` None for a bench that runs no server."""
     import django
     import psycopg
     import psycopg_pool
@@ -45,6 +46,10 @@ def describe(replicas: int) -> str:
         f"machine: {cpu_model()}, {os.cpu_count()} cores ({usable} usable), "
         f"{platform.system()} {platform.release()}; Python {platform.python_version()}, "
         f"Django {django.get_version()}, psycopg {psycopg.__version__}, "
-        f"psycopg_pool {psycopg_pool.__version__}; {postgres_version()}, "
-        f"primary + {replicas} replicas on this machine"
+        f"psycopg_pool {psycopg_pool.__version__}"
+        + (
+            ""
+            if replicas is None
+            else f"; {postgres_version()}, primary + {replicas} replicas on this machine"
+        )
     )
