@@ -57,14 +57,16 @@ __all__ = ["Monitor", "Published", "jittered", "live_monitors"]
 
 logger = logging.getLogger("replica_router")
 
-#: Each wait is this much shorter or longer at random, so that processes
-#: started at once (a fleet of workers) do not probe in lockstep.
+#: Each wait is up to this much shorter at random, so that processes started
+#: at once (a fleet of workers) do not probe in lockstep. Never longer: the
+#: detection bound, CHECK_INTERVAL + CHECK_TIMEOUT, and the lag promise that
+#: rests on it (``policy.probe_gap``) hold as documented.
 JITTER: Final = 0.1
 
 
 def jittered(seconds: float) -> float:
-    """``seconds`` give or take :data:`JITTER` of it, at random."""
-    return seconds * random.uniform(1 - JITTER, 1 + JITTER)
+    """``seconds``, or up to :data:`JITTER` of it less, at random."""
+    return seconds * random.uniform(1 - JITTER, 1)
 
 
 @dataclass(frozen=True, slots=True)

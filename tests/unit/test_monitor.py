@@ -202,3 +202,13 @@ def test_a_forked_child_starts_a_monitor_thread_of_its_own(nodes):
         assert monitor.running  # the parent's thread runs on
     finally:
         monitor.stop()
+
+
+def test_jitter_only_shortens_a_wait(monkeypatch):
+    """A longer wait would break the detection bound, CHECK_INTERVAL + CHECK_TIMEOUT."""
+    from replica_router.health import monitor as monitor_module
+
+    monkeypatch.setattr(monitor_module.random, "uniform", lambda low, high: high)
+    assert monitor_module.jittered(1.0) == 1.0
+    monkeypatch.setattr(monitor_module.random, "uniform", lambda low, high: low)
+    assert monitor_module.jittered(1.0) == pytest.approx(0.9)
