@@ -32,12 +32,17 @@ from typing import Any
 
 import psycopg
 from django.db import OperationalError
-from django.db.backends import utils
 from django.db.backends.postgresql import base
 from django.dispatch import receiver
 from psycopg_pool import PoolClosed
 
 from replica_router.backends.postgresql.creation import DatabaseCreation
+from replica_router.backends.postgresql.cursors import (
+    RetryingCursorDebugWrapper,
+    RetryingCursorWrapper,
+    WriteNotingCursorDebugWrapper,
+    WriteNotingCursorWrapper,
+)
 from replica_router.backends.postgresql.faults import Fault, classify
 from replica_router.backends.postgresql.pools import close_pool_soon
 from replica_router.conf import CONNECT_TIMEOUT, get_config
@@ -45,7 +50,7 @@ from replica_router.cutoff import registry
 from replica_router.router import alternative_for
 from replica_router.runtime import PRIMARY, REPLICA, get_counters, get_monitor, role_of
 from replica_router.signals import replica_state_changed
-from replica_router.writes import is_plain_read, note_if_write
+from replica_router.writes import is_plain_read
 
 __all__ = ["DatabaseWrapper"]
 
@@ -236,23 +241,21 @@ class DatabaseWrapper(base.DatabaseWrapper):
     # -- a read that failed ------------------------------------------------------
 
     # Cursors of replica aliases retry a failed read; cursors of the primary
-    # note writes. Cursor classes (make_cursor, CursorWrapper.execute) rather
-    # than execute wrappers: Django runs every query of a connection that has
-    # wrappers through a chain of partials; bench/bench_hooks.py compares both.
+    # note writes (see ``cursors``).
     def make_cursor(self, cursor: Any) -> Any:
         role = role_of(self.alias)
         if role is REPLICA:
-            return _RetryingCursorWrapper(cursor, self)
+            return RetryingCursorWrapper(cursor, self)
         if role is PRIMARY:
-            return _WriteNotingCursorWrapper(cursor, self)
+            return WriteNotingCursorWrapper(cursor, self)
         return super().make_cursor(cursor)
 
     def make_debug_cursor(self, cursor: Any) -> Any:
         role = role_of(self.alias)
         if role is REPLICA:
-            return _RetryingCursorDebugWrapper(cursor, self)
+            return RetryingCursorDebugWrapper(cursor, self)
         if role is PRIMARY:
-            return _WriteNotingCursorDebugWrapper(cursor, self)
+            return WriteNotingCursorDebugWrapper(cursor, self)
         return super().make_debug_cursor(cursor)
 
     def retry_read(
@@ -293,59 +296,6 @@ class DatabaseWrapper(base.DatabaseWrapper):
         if role_of(self.alias) is not REPLICA or getattr(cursor_wrapper.cursor, "name", None):
             return False
         return is_plain_read(sql)
-
-
-class _RetryMixin:
-    """``execute`` that hands a failed read to :meth:`DatabaseWrapper.retry_read`.
-
-    Each run goes through the parent class's ``execute``: under a debug cursor,
-    each is recorded, as each is a statement the server ran.
-    """
-
-    db: DatabaseWrapper
-    _execute_once: Callable[..., Any]
-
-    def execute(self, sql: Any, params: Any = None) -> Any:
-        try:
-            return self._execute_once(sql, params)
-        except OperationalError as exc:
-            return self.db.retry_read(self, sql, exc, lambda: self._execute_once(sql, params))
-
-
-class _RetryingCursorWrapper(_RetryMixin, utils.CursorWrapper):
-    _execute_once = utils.CursorWrapper.execute
-
-
-# The PostgreSQL backend's debug wrapper, whose copy() logs the COPY statement.
-class _RetryingCursorDebugWrapper(_RetryMixin, base.CursorDebugWrapper):
-    _execute_once = base.CursorDebugWrapper.execute
-
-
-class _WriteNotingMixin:
-    """``execute`` and ``executemany`` that note a write (see ``writes.note_if_write``)."""
-
-    _execute_once: Callable[..., Any]
-    _executemany_once: Callable[..., Any]
-
-    def execute(self, sql: Any, params: Any = None) -> Any:
-        result = self._execute_once(sql, params)
-        note_if_write(sql)
-        return result
-
-    def executemany(self, sql: Any, param_list: Any) -> Any:
-        result = self._executemany_once(sql, param_list)
-        note_if_write(sql)
-        return result
-
-
-class _WriteNotingCursorWrapper(_WriteNotingMixin, utils.CursorWrapper):
-    _execute_once = utils.CursorWrapper.execute
-    _executemany_once = utils.CursorWrapper.executemany
-
-
-class _WriteNotingCursorDebugWrapper(_WriteNotingMixin, base.CursorDebugWrapper):
-    _execute_once = base.CursorDebugWrapper.execute
-    _executemany_once = base.CursorDebugWrapper.executemany
 
 
 #: Where the next connection goes after a recovery conflict (see ``_note_fault``).
