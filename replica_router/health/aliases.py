@@ -8,7 +8,7 @@ from typing import Any
 
 from django.db import connections
 
-__all__ = ["address", "address_in", "django_probe_params", "is_postgresql", "scrub"]
+__all__ = ["address", "django_probe_params", "is_postgresql", "scrub"]
 
 
 def django_probe_params(alias: str) -> dict[str, Any]:
@@ -33,13 +33,13 @@ def _settings_of(alias: str) -> Mapping[str, Any]:
 
 
 def address(alias: str) -> tuple[str, str]:
-    """``(host, port)`` of an alias as its settings give them, with libpq's defaults."""
-    return address_in(_settings_of(alias))
+    """``(host, port)`` of an alias as its settings give them, for display.
 
-
-def address_in(settings_dict: Mapping[Any, Any]) -> tuple[str, str]:
-    """``(host, port)`` of a ``DATABASES`` entry, with libpq's defaults."""
-    return str(settings_dict.get("HOST") or "localhost"), str(settings_dict.get("PORT") or "5432")
+    An empty ``HOST`` stays empty: libpq then uses its Unix-socket directory,
+    not ``localhost``. An empty ``PORT`` is libpq's default, 5432.
+    """
+    settings_dict = _settings_of(alias)
+    return str(settings_dict.get("HOST") or ""), str(settings_dict.get("PORT") or "5432")
 
 
 def is_postgresql(alias: str) -> bool:
