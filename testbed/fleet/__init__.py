@@ -12,8 +12,11 @@ Every worker serves ``testbed/fleet_site`` and runs the router's health monitor
   monitor'``), and waiting until they settle;
 * :mod:`~testbed.fleet.load`: light read load through the fleets, a writer on
   the primary, the row to read;
+* :mod:`~testbed.fleet.store`: the prober's snapshots, read from the shared
+  store, one per probe cycle: what the tests count instead of seconds;
 * :mod:`~testbed.fleet.rotation`: after a fault, the time until every worker
-  has the replica out of rotation;
+  has the replica out of rotation, and the prober's cycles until it published
+  it out;
 * :mod:`~testbed.fleet.takeover`: SIGKILL the worker that probes, and the time
   until another one holds the lease (also with a replica killed meanwhile);
 * :mod:`~testbed.fleet.outage`: Redis stopped under light load.

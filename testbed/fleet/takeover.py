@@ -1,6 +1,8 @@
 """The lease changing hands: SIGKILL the worker that probes, time the next one.
 
-:func:`measure_takeover` does it under light read load;
+:func:`measure_takeover` does it under light read load, and collects the
+probers' published cycles (:mod:`testbed.fleet.store`) until the new one has
+published one;
 :func:`measure_death_during_takeover` also kills a replica a moment after the
 prober, while no process holds the lease, and reports where the reads went.
 """
@@ -16,6 +18,7 @@ from typing import Any
 
 from testbed.fleet.hosts import Fleet, wait_all
 from testbed.fleet.load import ReadLoad
+from testbed.fleet.store import Cycle, PublishedCycles
 
 
 def prober(fleets: Sequence[Fleet]) -> tuple[Fleet, dict[str, Any]]:
@@ -46,6 +49,13 @@ class Takeover:
     log: list[tuple[float, int, str, str]] = field(default_factory=list)
     #: When ``meanwhile`` returned (wall clock), if given.
     meanwhile_at: float | None = None
+    #: The probers' published cycles, from before the kill until the new
+    #: prober had published one of its own.
+    cycles: list[Cycle] = field(default_factory=list)
+
+    @property
+    def new_prober_cycles(self) -> list[Cycle]:
+        return [cycle for cycle in self.cycles if cycle.holder == self.new_prober]
 
 
 def measure_takeover(
@@ -59,12 +69,13 @@ def measure_takeover(
 
     Done when some other worker says ``probing_here`` with a fresh snapshot
     (``snapshot_age_seconds`` under 1.5 intervals: a cycle, give or take its
-    jitter). ``meanwhile`` (a fault) runs a fifth of an interval after the
-    kill, while no process holds the lease.
+    jitter), and has published a cycle of its own. ``meanwhile`` (a fault)
+    runs a fifth of an interval after the kill, while no process holds the
+    lease.
     """
     fleet, state = prober(fleets)
     victim = state["pid"]
-    with ReadLoad(fleets) as load:
+    with PublishedCycles(fleets) as published, ReadLoad(fleets) as load:
         time.sleep(2 * interval)  # reads before the kill too
         with load.lock:  # no read in flight on the victim
             killed_at, killed_mono = time.time(), time.monotonic()
@@ -90,11 +101,17 @@ def measure_takeover(
                     found = s
                     break
         observed = time.monotonic() - killed_mono
+        new_prober = found["pid"]
+        published.wait_for(
+            lambda seen: any(cycle.holder == new_prober for cycle in seen),
+            timeout=timeout,
+            what=f"a cycle of the new prober {new_prober}",
+        )
         time.sleep(2 * interval)  # and after it
     assert found["lease_since"] is not None
     return Takeover(
         killed=victim,
-        new_prober=found["pid"],
+        new_prober=new_prober,
         seconds=found["lease_since"] - killed_at,
         new_prober_since=found["lease_since"],
         observed_seconds=observed,
@@ -102,6 +119,7 @@ def measure_takeover(
         failures=load.failures,
         log=load.log,
         meanwhile_at=meanwhile_at,
+        cycles=published.seen,
     )
 
 

@@ -10,7 +10,9 @@ Everything is real: gunicorn masters with sync workers serving
 ``testbed/fleet_site`` (``testbed/fleet``), the cluster's PostgreSQL servers, a
 redis-server. The counts are ``pg_stat_activity`` rows on each node whose
 ``application_name`` is the monitor's; the times are each worker's own record
-of its transitions, on this host's clock. The figures are printed (``-s``).
+of its transitions, on this host's clock. The figures are printed (``-s``);
+bench/bench_fleet.py reports them. No test asserts a time: how soon is counted
+in the prober's probe cycles (its published snapshots, testbed/fleet/store.py).
 """
 
 from __future__ import annotations
@@ -100,7 +102,7 @@ def test_two_hosts_on_one_redis_hold_one_monitor_connection_per_node(
 
 @db
 @pytest.mark.parametrize("mode", ["host", "cache"])
-def test_a_killed_replica_leaves_rotation_in_every_worker_within_two_intervals(
+def test_a_killed_replica_leaves_rotation_in_every_worker_within_two_probe_cycles(
     replica_cluster: Cluster, dbname: str, redis_server: str, killed, mode: str
 ):
     groups, settings = sharing(mode, redis_server)
@@ -109,10 +111,15 @@ def test_a_killed_replica_leaves_rotation_in_every_worker_within_two_intervals(
         out = measure_out_of_rotation(started, "replica_1", lambda: killed("replica_1"))
     print(
         f"\nfleet {mode}: killed replica_1 out of rotation in all {len(out.seconds)} workers "
-        f"after {out.last:.2f} s (median {out.median:.2f} s), interval {INTERVAL:g} s"
+        f"after {out.last:.2f} s (median {out.median:.2f} s), interval {INTERVAL:g} s; "
+        f"{out.cycles_still_in} of the prober's cycles after the kill still had it in"
     )
     assert len(out.seconds) == WORKERS
-    assert out.last <= 2 * INTERVAL
+    # Counted in probe cycles, not seconds: the cycle under way at the kill may
+    # have probed it alive; the next one, begun after the kill, finds it dead,
+    # and the prober publishes it out for every worker.
+    assert out.published_out, out.cycles
+    assert out.cycles_still_in <= 1, out.after_fault
 
 
 @db
@@ -143,9 +150,11 @@ def test_a_paused_replica_leaves_rotation_in_every_worker(
 
 @db
 @pytest.mark.parametrize("mode", ["host", "cache"])
-def test_another_worker_takes_over_within_two_intervals_when_the_prober_is_killed(
+def test_another_worker_takes_over_when_the_prober_is_killed(
     replica_cluster: Cluster, dbname: str, redis_server: str, mode: str
 ):
+    """How soon is a figure (bench/bench_fleet.py); what is asserted is that
+    another worker takes over, probes from its own cycles, and no read fails."""
     groups, settings = sharing(mode, redis_server)
     with fleets(*groups, database=dbname, **settings) as started:
         settle_connections(replica_cluster, dbname, 1, interval=INTERVAL, samples=1)
@@ -158,7 +167,15 @@ def test_another_worker_takes_over_within_two_intervals_when_the_prober_is_kille
         f"{len(takeover.failures)} of {takeover.reads} reads failed"
     )
     assert takeover.new_prober != takeover.killed
-    assert takeover.seconds <= 2 * INTERVAL
+    # It publishes snapshots of its own probe cycles, each taken once it held
+    # the lease: never the dead prober's snapshot passed on, nor a view of its
+    # own from before.
+    mine = takeover.new_prober_cycles
+    assert mine, takeover.cycles
+    assert all(cycle.taken_at >= takeover.new_prober_since for cycle in mine), (
+        takeover.new_prober_since,
+        mine,
+    )
     assert takeover.failures == []
     assert takeover.reads > 0
     assert per_node(after.samples) == {node: {1} for node in replica_cluster.nodes}
