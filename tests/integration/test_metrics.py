@@ -222,6 +222,9 @@ def test_gauges_are_the_monitor_snapshot(pause_replica, replica_cluster: Cluster
         wait_for(lambda: monitor.cycles >= 1)
         pause_replica("replica_1")
         AuthorFactory.create_batch(30)
+        # replica_2 serves throughout: on a loaded machine it may not have
+        # replayed the writes yet when the probe comes.
+        replica_cluster.wait_replayed(["replica_2"])
         snapshot = monitor.run_cycle()
 
         replica_1 = snapshot.node("replica_1")
