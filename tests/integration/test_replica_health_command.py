@@ -319,6 +319,10 @@ def watch(*args: str, refreshes: int) -> tuple[int, str]:
             if not finished:
                 os.kill(os.getpid(), signal.SIGINT)
 
+    # A process started in the background by a non-interactive shell ignores
+    # SIGINT, and Python then raises no KeyboardInterrupt: give it the handler
+    # a terminal's Ctrl-C meets.
+    previous = signal.signal(signal.SIGINT, signal.default_int_handler)
     presser = threading.Thread(target=press_ctrl_c)
     presser.start()
     code = 0
@@ -332,6 +336,7 @@ def watch(*args: str, refreshes: int) -> tuple[int, str]:
         with lock:
             finished = True
         presser.join()
+        signal.signal(signal.SIGINT, previous)
     return code, out.getvalue()
 
 
