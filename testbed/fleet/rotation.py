@@ -62,8 +62,14 @@ class OutOfRotation:
 
     @property
     def published_out(self) -> bool:
-        """Whether a prober published a cycle after the fault with the replica out."""
-        return any(not cycle.in_rotation.get(self.alias, True) for cycle in self.after_fault)
+        """Whether a prober published a cycle with the replica out.
+
+        Any such cycle came after the fault began, since the replica was in
+        rotation before; it may have been taken while the fault was still
+        being done (a kill waits for the process to end), before
+        ``faulted_at``.
+        """
+        return any(not cycle.in_rotation.get(self.alias, True) for cycle in self.cycles)
 
 
 def measure_out_of_rotation(
