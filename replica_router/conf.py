@@ -337,3 +337,15 @@ def get_config() -> RouterConfig:
         details = "\n".join(f"- {p.message} {p.hint} ({p.id})" for p in problems)
         raise ReplicaRouterConfigError(f"settings.{SETTING_NAME} is invalid:\n{details}")
     return config
+
+
+def engine_flag(alias: str, name: str) -> bool:
+    """A class attribute of ``alias``'s engine, such as the failover engine's
+    ``notes_writes``; False for another engine or a misconfigured alias."""
+    from django.db.utils import load_backend
+
+    try:
+        wrapper_class = load_backend(settings.DATABASES[alias]["ENGINE"]).DatabaseWrapper
+    except Exception:  # misconfigured: the system checks say so
+        return False
+    return bool(getattr(wrapper_class, name, False))

@@ -36,7 +36,7 @@ from django.db.models.signals import post_migrate, pre_migrate
 from replica_router import cutoff
 from replica_router.backends.postgresql import pools
 from replica_router.balancer import Balancer
-from replica_router.conf import WATCHED_SETTINGS, RouterConfig, get_config
+from replica_router.conf import WATCHED_SETTINGS, RouterConfig, engine_flag, get_config
 from replica_router.health.fleet import SharedMonitor
 from replica_router.health.monitor import Monitor, live_monitors
 from replica_router.health.policy import probe_gap
@@ -86,6 +86,7 @@ class Routing:
         "balancer",
         "config",
         "counters",
+        "counts_transactions",
         "local",
         "monitor",
         "monotonic_reads",
@@ -135,6 +136,9 @@ class Routing:
         # binds each wrapper to the thread that created it, and a threading.local
         # drops the entry when the thread ends, as Django's own storage does.
         self.local = threading.local()
+        #: Whether the primary's engine counts its open transactions (see
+        #: ``transactions``); if not, every read looks at the primary's wrapper.
+        self.counts_transactions = engine_flag(config.primary, "counts_transactions")
 
     def is_primary_only(self, model: type[Model]) -> bool:
         """Decide, and cache, whether PRIMARY_ONLY covers ``model``."""

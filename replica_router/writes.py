@@ -16,13 +16,11 @@ import re
 from collections.abc import Callable
 from typing import Any, Final
 
-from django.conf import settings
 from django.db import connections
 from django.db.backends.signals import connection_created
-from django.db.utils import load_backend
 from psycopg import sql as psycopg_sql
 
-from replica_router.conf import get_config
+from replica_router.conf import engine_flag, get_config
 from replica_router.context import note_write
 
 __all__ = [
@@ -147,8 +145,7 @@ def hook_write_detector() -> bool:
 
 def _primary_notes_writes() -> bool:
     try:
-        engine = settings.DATABASES[get_config().primary]["ENGINE"]
-        wrapper_class = load_backend(engine).DatabaseWrapper
+        primary = get_config().primary
     except Exception:  # misconfigured: the system checks say so
         return False
-    return bool(getattr(wrapper_class, "notes_writes", False))
+    return engine_flag(primary, "notes_writes")

@@ -17,7 +17,7 @@ from django.db.migrations.operations import CreateModel
 from django.db.migrations.state import ProjectState
 from django.test.utils import CaptureQueriesContext
 
-from replica_router import use_primary
+from replica_router import transactions, use_primary
 from replica_router.testing.cluster import PRIMARY, Cluster
 from testbed.testapp.models import Author, Book
 from tests.support.factories import AuthorFactory, BookFactory
@@ -106,6 +106,46 @@ def test_reads_inside_atomic_run_on_the_primary():
     with transaction.atomic():
         ran = _aliases_that_ran('FROM "testapp_author"', lambda: list(Author.objects.all()))
     assert ran == ["default"]
+
+
+@db
+def test_every_way_out_of_atomic_leaves_no_transaction_counted():
+    # The router skips its look at the primary's wrapper while no transaction
+    # is counted (replica_router.transactions): a count that stayed up would
+    # only cost speed, one that went down early would send reads of an open
+    # transaction to a replica.
+    before = transactions.open_count
+    list(Author.objects.all())
+    with transaction.atomic():
+        assert transactions.open_count == before + 1
+        with transaction.atomic():  # a savepoint: the same transaction
+            assert transactions.open_count == before + 1
+            ran = _aliases_that_ran('FROM "testapp_author"', lambda: list(Author.objects.all()))
+            assert ran == ["default"]
+    assert transactions.open_count == before
+
+    with pytest.raises(RuntimeError), transaction.atomic():
+        Author.objects.create(name="rolled back")
+        raise RuntimeError("rolled back")
+    assert transactions.open_count == before
+
+    # A connection closed inside atomic() (Django then reconnects on the next
+    # query, with autocommit on again).
+    with transaction.atomic():
+        connection.close()
+    assert transactions.open_count == before + 1  # not yet turned on again
+    list(Author.objects.using("default").all())
+    assert transactions.open_count == before
+
+    transaction.set_autocommit(False)
+    try:
+        assert transactions.open_count == before + 1
+        ran = _aliases_that_ran('FROM "testapp_author"', lambda: list(Author.objects.all()))
+    finally:
+        transaction.rollback()
+        transaction.set_autocommit(True)
+    assert transactions.open_count == before
+    assert ran != ["default"]  # not in an atomic block: a manual transaction is the user's
 
 
 @db

@@ -7,9 +7,11 @@ tests pin down each rule and its edge cases quickly.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import subprocess
 import sys
 import threading
+import types
 from collections import Counter
 
 import pytest
@@ -22,7 +24,7 @@ from django.test import override_settings
 from django.test.utils import isolate_apps
 
 import replica_router
-from replica_router import NoReplicaAvailable, ReplicaRouter, use_primary
+from replica_router import NoReplicaAvailable, ReplicaRouter, transactions, use_primary
 from replica_router.runtime import get_balancer
 from testbed.testapp.models import Author, Book
 
@@ -38,6 +40,22 @@ def router():
 
 def reads(router, model, n):
     return Counter(router.db_for_read(model) for _ in range(n))
+
+
+@contextlib.contextmanager
+def atomic_by_hand(wrapper):
+    """What atomic() does to a wrapper, with no server: autocommit off (which
+    the failover engine counts, see replica_router.transactions), then the
+    block marked; and the reverse."""
+    wrapper.connection = types.SimpleNamespace(autocommit=True)
+    wrapper._set_autocommit(False)
+    wrapper.in_atomic_block = True
+    try:
+        yield
+    finally:
+        wrapper.in_atomic_block = False
+        wrapper._set_autocommit(True)
+        wrapper.connection = None
 
 
 @override_settings(REPLICA_ROUTER=WEIGHTED)
@@ -190,16 +208,65 @@ def test_in_atomic_block_is_per_thread(router):
     wrapper = connections["default"]
     assert router.db_for_read(Author) != "default"  # caches this thread's wrapper
     other_thread: list[str] = []
-    wrapper.in_atomic_block = True
-    try:
+    with atomic_by_hand(wrapper):
         assert reads(router, Author, 4) == {"default": 4}
         worker = threading.Thread(target=lambda: other_thread.append(router.db_for_read(Author)))
         worker.start()
         worker.join()
-    finally:
-        wrapper.in_atomic_block = False
     assert other_thread and other_thread[0] in {"replica_1", "replica_2"}
     assert router.db_for_read(Author) != "default"
+
+
+@override_settings(REPLICA_ROUTER=WEIGHTED)
+def test_the_engine_counts_the_primarys_connections_with_autocommit_off():
+    before = transactions.open_count
+    primary, replica = connections["default"], connections["replica_1"]
+    for wrapper in (primary, replica):
+        wrapper.connection = types.SimpleNamespace(autocommit=True)
+    try:
+        primary._set_autocommit(False)
+        primary._set_autocommit(False)  # once per connection, however often
+        replica._set_autocommit(False)  # a replica's are not counted
+        assert transactions.open_count == before + 1
+        primary._set_autocommit(True)
+        primary._set_autocommit(True)
+        replica._set_autocommit(True)
+        assert transactions.open_count == before
+    finally:
+        primary.connection = replica.connection = None
+
+
+@override_settings(REPLICA_ROUTER=WEIGHTED)
+def test_with_no_transaction_counted_the_router_does_not_look(router):
+    # What the count saves: a block marked with autocommit left on (nothing
+    # Django does) is not seen. It shows the count is what the router reads.
+    wrapper = connections["default"]
+    assert transactions.open_count == 0
+    wrapper.in_atomic_block = True
+    try:
+        assert "default" not in reads(router, Author, 4)
+    finally:
+        wrapper.in_atomic_block = False
+
+
+@override_settings(REPLICA_ROUTER=WEIGHTED)
+def test_a_primary_on_djangos_own_engine_is_always_looked_at(router):
+    from django.conf import settings
+
+    databases = {alias: dict(value) for alias, value in settings.DATABASES.items()}
+    databases["default"]["ENGINE"] = "django.db.backends.postgresql"
+    wrapper = connections["default"]  # the routing reads the engine from the settings
+    assert transactions.open_count == 0
+    # Django warns that overriding DATABASES does not reconnect: nothing connects here.
+    with (
+        pytest.warns(UserWarning, match="Overriding setting DATABASES"),
+        override_settings(DATABASES=databases),
+    ):
+        wrapper.in_atomic_block = True
+        try:
+            assert reads(router, Author, 4) == {"default": 4}
+        finally:
+            wrapper.in_atomic_block = False
 
 
 @override_settings(REPLICA_ROUTER=WEIGHTED)
