@@ -90,7 +90,7 @@ def main() -> None:
 
     cluster = _setup()
     from django.contrib.auth.models import User
-    from django.db import connections
+    from django.db import transaction
     from multidb import PinningReplicaRouter
 
     from replica_router import ReplicaRouter, runtime, use_primary
@@ -157,19 +157,15 @@ def main() -> None:
             for metrics in (False, True):
                 pinned[metrics].append(ours_timed(metrics))
 
-    # The in-transaction path. Setting in_atomic_block on the connection wrapper
-    # is what atomic() does after it has opened a transaction; doing it by hand
-    # lets the bench measure the routing decision without connecting.
-    primary = connections["default"]
+    # The in-transaction path, in a real transaction on the primary.
     in_transaction: dict[bool, list[float]] = {False: [], True: []}
-    primary.in_atomic_block = True
     try:
-        assert ours.db_for_read(User) == "default"
-        for _ in range(args.rounds):
-            for metrics in (False, True):
-                in_transaction[metrics].append(ours_timed(metrics))
+        with transaction.atomic(using="default"):
+            assert ours.db_for_read(User) == "default"
+            for _ in range(args.rounds):
+                for metrics in (False, True):
+                    in_transaction[metrics].append(ours_timed(metrics))
     finally:
-        primary.in_atomic_block = False
         routing.counters = counters
 
     print(
