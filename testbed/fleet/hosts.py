@@ -147,18 +147,29 @@ class Fleet:
         result: dict[str, Any] = json.loads(body)
         return result
 
-    def states(self, tries: int = 400) -> dict[int, dict[str, Any]]:
-        """``/state/`` of every live worker, by pid (bounded tries)."""
+    def states(self, timeout: float = 60.0) -> dict[int, dict[str, Any]]:
+        """``/state/`` of every live worker, by pid.
+
+        Bounded by time, not by a count of requests: a worker the master has
+        just forked answers only once it has imported Django, and on a loaded
+        machine the workers already up can take hundreds of requests first.
+        """
         seen: dict[int, dict[str, Any]] = {}
-        for _ in range(tries):
+        requests = 0
+        deadline = time.monotonic() + timeout
+        while True:
             state = self.get("/state/")
+            requests += 1
             seen[state["pid"]] = state
             live = self.pids()
             if live and live <= seen.keys():
                 return {pid: seen[pid] for pid in live}
-        raise AssertionError(
-            f"{self.name}: saw workers {sorted(seen)} of {sorted(self.pids())} in {tries} requests"
-        )
+            if time.monotonic() > deadline:
+                raise AssertionError(
+                    f"{self.name}: saw workers {sorted(seen)} of {sorted(live)} "
+                    f"in {requests} requests ({timeout:.0f} s)"
+                )
+            time.sleep(0.02)  # leave the CPU to the workers still starting
 
 
 def all_states(fleets: Sequence[Fleet]) -> dict[int, dict[str, Any]]:
