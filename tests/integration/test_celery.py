@@ -20,6 +20,7 @@ import threading
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 
+import kombu.pools
 import pytest
 from celery.contrib.testing.worker import start_worker
 from celery.signals import before_task_publish, task_postrun
@@ -61,8 +62,24 @@ _apps = 0
 
 @pytest.fixture
 def new_app(redis_server: str) -> Callable[..., object]:
-    """Build a Celery app on the session's Redis, with a queue of its own."""
+    """Build a Celery app on the session's Redis, with a queue of its own.
+
+    Celery leaves every Redis connection of a result backend open: app.close()
+    only forgets the broker pool. A backend is a reference cycle (with its
+    result consumer), and each thread has one of its own, kept until the
+    thread ends, so the garbage collector finalises its sockets later, unclosed,
+    with a ResourceWarning (an error in this suite) in whichever test is
+    running then. So each task's thread closes its backend's connections once
+    the result is stored, and the fixture closes the test thread's and, after
+    the module, kombu's broker pools.
+    """
     made = []
+
+    def close_task_connections(sender=None, **kwargs):
+        if sender is not None and sender.app in made:
+            sender.app.backend.client.connection_pool.disconnect()
+
+    task_postrun.connect(close_task_connections, weak=False)
 
     def make(*, installed: bool):
         global _apps
@@ -74,9 +91,19 @@ def new_app(redis_server: str) -> Callable[..., object]:
         return app
 
     yield make
+    task_postrun.disconnect(close_task_connections)
     for app in made:
         uninstall(app)
+        app.backend.result_consumer.stop()
+        app.backend.client.connection_pool.disconnect()
         app.close()
+
+
+@pytest.fixture(autouse=True, scope="module")
+def _close_broker_connections() -> Iterator[None]:
+    # kombu's pools are global, one per broker URL, shared by every app here.
+    yield
+    kombu.pools.reset()
 
 
 @contextmanager
