@@ -48,7 +48,6 @@ from replica_router.conf_values import (
     setting_key,
     show,
 )
-from replica_router.discovery.config import DiscoveryConfig, parse_discovery
 from replica_router.exceptions import ReplicaRouterConfigError
 
 __all__ = [
@@ -85,7 +84,6 @@ DEFAULTS: Final[Mapping[str, object]] = MappingProxyType(
         "COOKIE_NAME": "replica_router",
         "METRICS": "auto",
         "TRANSACTION_POOLING": (),
-        "DISCOVERY": None,
     }
 )
 
@@ -149,8 +147,6 @@ class RouterConfig:
     #: pooler), as the settings declare; True for every alias the router uses.
     #: Only the system checks read it.
     transaction_pooling: bool | frozenset[str]
-    #: Where replicas are found while the site runs; None: REPLICAS only.
-    discovery: DiscoveryConfig | None
 
 
 _PARSERS: Final[Mapping[str, Parser]] = MappingProxyType(
@@ -162,7 +158,6 @@ _PARSERS: Final[Mapping[str, Parser]] = MappingProxyType(
         "COOKIE_NAME": parse_cookie_name,
         "METRICS": parse_metrics,
         "TRANSACTION_POOLING": parse_transaction_pooling,
-        "DISCOVERY": parse_discovery,
     }
 )
 
