@@ -43,7 +43,7 @@ needs-%:
 # Then Django's own suite without and with the router (test-django-suite).
 # Stops at the first of these that fails.
 PGBOUNCER_PASS := REPLICA_ROUTER_TEST_PGBOUNCER=1 $(BIN)/coverage run -m pytest -m pgbouncer tests/integration
-test: needs-postgresql+chromium+redis+pgbouncer install
+test: needs-postgresql+chromium+redis+pgbouncer+dnsmasq install
 	$(BIN)/coverage erase
 	$(CLUSTER) run --dir $(CLUSTER_DIR) --replicas $(REPLICAS) --pgbouncer -- sh -c '\
 		$(BIN)/coverage run -m pytest $(PYTEST_ARGS) && \
@@ -85,7 +85,7 @@ format: install
 # Python 3.11 + Django 5.2, 3.12 + Django 6.1, 3.13 + Django 6.0, one cluster for
 # all; each session runs the PgBouncer pass too, and Django's own suite of the
 # session's Django version without and with the router (noxfile.py).
-test-matrix: needs-postgresql+redis+pgbouncer install
+test-matrix: needs-postgresql+redis+pgbouncer+dnsmasq install
 	$(CLUSTER) run --dir $(CLUSTER_DIR) --replicas $(REPLICAS) --pgbouncer -- $(BIN)/nox $(NOX_ARGS)
 
 cluster-up: needs-postgresql install
@@ -102,7 +102,7 @@ docs: install
 	$(BIN)/sphinx-build -W --keep-going -q -b html docs docs/_build/html
 
 # Benchmarks print their figures; each compares side by side in one process.
-bench: needs-postgresql+wrk+redis+pgpool2 install
+bench: needs-postgresql+wrk+redis+pgpool2+dnsmasq install
 	mkdir -p docs/bench
 	$(CLUSTER) run --dir $(CLUSTER_DIR) --replicas $(REPLICAS) -- sh -c '\
 		$(BIN)/python bench/bench_router.py | tee docs/bench/router.txt && \
@@ -112,6 +112,7 @@ bench: needs-postgresql+wrk+redis+pgpool2 install
 		$(BIN)/python bench/bench_monotonic.py | tee docs/bench/monotonic.txt && \
 		$(BIN)/python bench/bench_celery.py | tee docs/bench/celery.txt && \
 		$(BIN)/python bench/bench_fleet.py | tee docs/bench/fleet.txt && \
+		$(BIN)/python bench/bench_topology.py | tee docs/bench/topology.txt && \
 		$(BIN)/python bench/bench_http.py && \
 		$(BIN)/python bench/bench_pgpool.py | tee docs/bench/pgpool.txt'
 	$(CLUSTER) run --dir $(CLUSTER_DIR) --replicas $(REPLICAS) -- env PYTEST_ADDOPTS="-s -k chaos" \

@@ -21,6 +21,7 @@ from django.utils.module_loading import import_string
 
 from replica_router.conf import FAILOVER_ENGINE, RouterConfig, parse_settings
 from replica_router.conf_values import SETTING_NAME
+from replica_router.discovery.checks import check_discovery
 from replica_router.health.policy import probe_gap
 
 __all__ = [
@@ -429,6 +430,7 @@ def _pooling_problems(alias: str, conf: Mapping[Any, Any]) -> list[CheckMessage]
 
 ALL_CHECKS: Final[tuple[_Check, ...]] = (
     check_settings,
+    _never_raise(check_discovery),
     check_health_sharing,
     check_lag_promise,
     check_databases,

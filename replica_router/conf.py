@@ -48,6 +48,7 @@ from replica_router.conf_values import (
     setting_key,
     show,
 )
+from replica_router.discovery.config import DiscoveryConfig, parse_discovery
 from replica_router.exceptions import ReplicaRouterConfigError
 
 __all__ = [
@@ -84,6 +85,7 @@ DEFAULTS: Final[Mapping[str, object]] = MappingProxyType(
         "COOKIE_NAME": "replica_router",
         "METRICS": "auto",
         "TRANSACTION_POOLING": (),
+        "DISCOVERY": None,
     }
 )
 
@@ -147,6 +149,8 @@ class RouterConfig:
     #: pooler), as the settings declare; True for every alias the router uses.
     #: Only the system checks read it.
     transaction_pooling: bool | frozenset[str]
+    #: Where replicas are found while the site runs; None: REPLICAS only.
+    discovery: DiscoveryConfig | None
 
 
 _PARSERS: Final[Mapping[str, Parser]] = MappingProxyType(
@@ -158,6 +162,7 @@ _PARSERS: Final[Mapping[str, Parser]] = MappingProxyType(
         "COOKIE_NAME": parse_cookie_name,
         "METRICS": parse_metrics,
         "TRANSACTION_POOLING": parse_transaction_pooling,
+        "DISCOVERY": parse_discovery,
     }
 )
 

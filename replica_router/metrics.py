@@ -119,9 +119,9 @@ class Counters:
         self.reads_in_transaction = _READS.counter(primary, "transaction")
         self.reads_pinned = _READS.counter(primary, "pinned")
         #: Replica alias -> the count of reads the weighted schedule sent it.
-        self.reads_on_replica: Mapping[str, Callable[[], int]] = {
-            alias: _READS.counter(alias, "replica") for alias in replicas
-        }
+        self.reads_on_replica: Mapping[str, Callable[[], int]] = _ReplicaReads(
+            {alias: _READS.counter(alias, "replica") for alias in replicas}
+        )
         self.writes = _WRITES.counter(primary)
         #: A response carried a new pin cookie (the request wrote).
         self.pins_set = _PINS_SET.counter()
@@ -142,6 +142,15 @@ class Counters:
     def recovery_conflict(alias: str) -> None:
         """Count a read ``alias`` cancelled for a conflict with recovery (run again elsewhere)."""
         _CONFLICTS.counter(alias)()
+
+
+class _ReplicaReads(dict[str, Callable[[], int]]):
+    """Replica alias -> its read counter; a replica discovery adds gets one on
+    its first read (a dict lookup costs the same either way)."""
+
+    def __missing__(self, alias: str) -> Callable[[], int]:
+        counter = self[alias] = _READS.counter(alias, "replica")
+        return counter
 
 
 class ReplicaRouterCollector(Collector):

@@ -26,9 +26,10 @@ import functools
 import logging
 import os
 import threading
+from collections.abc import Mapping
+from types import MappingProxyType
 from typing import TYPE_CHECKING, Any, Final
 
-from django.conf import settings
 from django.core.signals import request_started, setting_changed
 from django.db import connections
 from django.db.models.signals import post_migrate, pre_migrate
@@ -37,10 +38,10 @@ from replica_router import cutoff
 from replica_router.backends.postgresql import pools
 from replica_router.balancer import Balancer
 from replica_router.conf import WATCHED_SETTINGS, RouterConfig, engine_flag, get_config
-from replica_router.health.fleet import SharedMonitor
+from replica_router.discovery import Discovery
+from replica_router.health.factory import monitor_for
 from replica_router.health.monitor import Monitor, live_monitors
 from replica_router.health.policy import probe_gap
-from replica_router.health.sharing import Store, cluster_key, store_for
 from replica_router.writes import hook_write_detector
 
 if TYPE_CHECKING:
@@ -58,7 +59,6 @@ __all__ = [
     "get_balancer",
     "get_counters",
     "get_monitor",
-    "health_store",
     "load",
     "note_test_database",
     "register_metrics",
@@ -107,9 +107,14 @@ class Routing:
         # The seam for the health monitor: it calls set_weights() on this balancer
         # with the weights of the replicas it finds fit to serve reads.
         self.balancer = Balancer(weights=config.replicas)
+        discovery = _discovery_for(config)
         self.monitor = (
-            _monitor_for(config, self.balancer) if config.health_checks and self.replicas else None
+            monitor_for(config, self.balancer, discovery)
+            if config.health_checks and (self.replicas or discovery)
+            else None
         )
+        if self.monitor is not None:
+            self.monitor.on_replicas = self._follow
         # The first read that would go to a replica starts the monitor, never
         # an import or migrate; until then this is True.
         self.awaiting_monitor = self.monitor is not None
@@ -139,6 +144,13 @@ class Routing:
         #: Whether the primary's engine counts its open transactions (see
         #: ``transactions``); if not, every read looks at the primary's wrapper.
         self.counts_transactions = engine_flag(config.primary, "counts_transactions")
+
+    def _follow(self, weights: Mapping[str, int]) -> None:
+        """Discovery changed the replicas (told by the monitor, from its thread)."""
+        self.config = dataclasses.replace(self.config, replicas=MappingProxyType(dict(weights)))
+        self.replicas = frozenset(weights)
+        self.aliases = self.replicas | {self.primary}
+        role_of.cache_clear()
 
     def is_primary_only(self, model: type[Model]) -> bool:
         """Decide, and cache, whether PRIMARY_ONLY covers ``model``."""
@@ -177,26 +189,15 @@ class Routing:
         return True
 
 
-def health_store(config: RouterConfig) -> Store | None:
-    """Where the processes of the site share the probing (HEALTH_SHARING), or None."""
-    return store_for(
-        config.health_sharing,
-        key=cluster_key(
-            settings.DATABASES[config.primary],
-            {alias: settings.DATABASES[alias] for alias in config.replicas},
-        ),
-        cache=config.health_cache,
-        directory=config.health_dir,
-    )
-
-
-def _monitor_for(config: RouterConfig, balancer: Balancer) -> Monitor:
-    """A monitor of this process's own, or one that shares the probing with the
-    other processes of the site."""
-    store = health_store(config)
-    if store is None:
-        return Monitor(config=config, balancer=balancer)
-    return SharedMonitor(config=config, balancer=balancer, store=store, mode=config.health_sharing)
+def _discovery_for(config: RouterConfig) -> Discovery | None:
+    """Replica discovery, if DISCOVERY is set and health checks are on (the
+    monitor's thread follows it). Under a test it serves only a test that asks
+    for real routing (see :func:`_without_test_mirrors`)."""
+    if config.discovery is None or not config.health_checks:
+        return None
+    if serving_tests and not route_test_mirrors:
+        return None
+    return Discovery(config.discovery, primary=config.primary, static=config.replicas)
 
 
 def _without_test_mirrors(config: RouterConfig) -> RouterConfig:
@@ -339,7 +340,9 @@ def role_of(alias: str) -> str | None:
         return None
     if alias == config.primary:
         return PRIMARY
-    return REPLICA if alias in config.replicas else None
+    routing = current
+    discovered = routing is not None and alias in routing.replicas
+    return REPLICA if alias in config.replicas or discovered else None
 
 
 def _drop_routing() -> None:
@@ -349,6 +352,8 @@ def _drop_routing() -> None:
         old, current = current, None
     if old is not None and old.monitor is not None:
         old.monitor.stop()
+        if old.monitor.discovery is not None:
+            old.monitor.discovery.stop()
 
 
 def reset_state() -> None:

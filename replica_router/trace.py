@@ -32,7 +32,7 @@ import time
 from collections.abc import Callable, Iterable, Mapping
 from contextvars import ContextVar, Token
 from dataclasses import dataclass
-from types import MappingProxyType, TracebackType
+from types import TracebackType
 from typing import TYPE_CHECKING, Any, Final, cast
 
 from django.db import connections
@@ -223,6 +223,19 @@ def active_trace() -> Trace | None:
 # -- the router's side: decisions -------------------------------------------------
 
 
+class _ReplicaNotes(dict[str, Callable[[], int]]):
+    """Replica alias -> its note; a replica discovery adds gets one on its first read."""
+
+    def __init__(self, wrapped: Counters | None) -> None:
+        super().__init__()
+        self._wrapped = wrapped
+
+    def __missing__(self, alias: str) -> Callable[[], int]:
+        forward = self._wrapped.reads_on_replica[alias] if self._wrapped else None
+        note = self[alias] = _Note(alias, "replica", forward)
+        return note
+
+
 class _Note:
     """A counter of the Counters interface that also records a decision."""
 
@@ -278,14 +291,10 @@ class Tracer:
         )
         self.reads_pinned = _Note(primary, "pinned", wrapped.reads_pinned if wrapped else None)
         self.writes = _Note(primary, "write", wrapped.writes if wrapped else None)
-        replica_counters = wrapped.reads_on_replica if wrapped else {}
         #: Replica alias -> the counter of reads the weighted schedule sent it.
-        self.reads_on_replica: Mapping[str, Callable[[], int]] = MappingProxyType(
-            {
-                alias: _Note(alias, "replica", replica_counters.get(alias))
-                for alias in sorted(replicas)
-            }
-        )
+        self.reads_on_replica: Mapping[str, Callable[[], int]] = _ReplicaNotes(wrapped)
+        for alias in sorted(replicas):
+            self.reads_on_replica[alias]
         self.pins_set: Callable[[], int] = wrapped.pins_set if wrapped else _zero
         self.pins_honoured: Callable[[], int] = wrapped.pins_honoured if wrapped else _zero
 

@@ -158,6 +158,8 @@ class SharedMonitor(Monitor):
                 self._probe_alone(exc)
 
     def _cycle_when_due(self) -> bool:
+        if self.follow_discovery():
+            self._next_cycle_at = 0.0  # probe a new replica now, not a cycle later
         now = self._monotonic()
         if now < self._next_cycle_at:
             return False
@@ -207,6 +209,7 @@ class SharedMonitor(Monitor):
                 for alias, f in self.freshness.items()
             },
             "replay_positions": dict(self.replay_positions),
+            "topology": None if self.discovery is None else self.discovery.shared(),
         }
 
     def _read(self) -> None:
@@ -217,6 +220,8 @@ class SharedMonitor(Monitor):
         if document is None or document.get("version") != DOCUMENT_VERSION:
             return
         self._document = document
+        if document.get("topology") is not None:
+            self.follow_discovery(document["topology"])
         self._apply(document)
 
     def _apply(self, document: dict[str, Any]) -> None:
@@ -236,6 +241,7 @@ class SharedMonitor(Monitor):
                 nodes=nodes,
                 taken_at=datetime.fromisoformat(document["taken_at"]),
                 sharing=self._sharing(),
+                discovery=None if self.discovery is None else self.discovery.state(),
             ),
             freshness={
                 alias: Freshness(float(lag), now - (now_wall - float(at)), bool(in_rotation))

@@ -11,12 +11,21 @@ import math
 import time
 from collections.abc import Mapping
 from dataclasses import dataclass, field
-from datetime import datetime
+from datetime import UTC, datetime
 from typing import Any, NamedTuple
 
 from replica_router.lsn import format_lsn
 
-__all__ = ["OVERALL_CODES", "Freshness", "NodeStatus", "Probe", "Sharing", "Snapshot", "State"]
+__all__ = [
+    "OVERALL_CODES",
+    "Discovered",
+    "Freshness",
+    "NodeStatus",
+    "Probe",
+    "Sharing",
+    "Snapshot",
+    "State",
+]
 
 
 class State(enum.StrEnum):
@@ -83,6 +92,8 @@ class NodeStatus:
     rtt: float | None = None
     lsn: int | None = None
     last_error: str | None = None
+    #: Where the replica was listed: "settings", or the discovery source ("dns", "callable").
+    source: str = "settings"
 
     @property
     def lsn_text(self) -> str | None:
@@ -100,6 +111,7 @@ class NodeStatus:
             "lag_bytes": self.lag_bytes,
             "recovery_conflicts": self.recovery_conflicts,
             "recovery_conflicts_per_second": _round(self.recovery_conflicts_per_second, 3),
+            "source": self.source,
         }
         if topology:
             data.update(
@@ -159,6 +171,37 @@ def _age(since: float | None, now: float) -> float | None:
     return None if since is None else round(max(0.0, now - since), 3)
 
 
+@dataclass(frozen=True, slots=True)
+class Discovered:
+    """Where the replica list comes from under ``DISCOVERY``, and its history."""
+
+    source: str
+    #: How many replicas the list holds now (those of REPLICAS aside).
+    replicas: int
+    #: Wall-clock times: when the list last changed, and the source last answered.
+    changed_at: float | None
+    answered_at: float | None
+    #: Why the last ask failed (the last list is kept); None when it answered.
+    error: str | None
+
+    def as_dict(self, *, topology: bool) -> dict[str, Any]:
+        now = time.time()
+        data: dict[str, Any] = {
+            "source": self.source,
+            "replicas": self.replicas,
+            "changed_at": _iso(self.changed_at),
+            "answer_age_seconds": _age(self.answered_at, now),
+            "failing": self.error is not None,
+        }
+        if topology:
+            data["error"] = self.error
+        return data
+
+
+def _iso(at: float | None) -> str | None:
+    return None if at is None else datetime.fromtimestamp(at, UTC).isoformat()
+
+
 #: Overall status -> exit status of ``replica_health --check`` (and HTTP 200/503).
 OVERALL_CODES: Mapping[str, int] = {"ok": 0, "degraded": 1, "unavailable": 2}
 
@@ -171,6 +214,8 @@ class Snapshot:
     taken_at: datetime
     #: Who probes, when processes share the work; None with HEALTH_SHARING "process".
     sharing: Sharing | None = None
+    #: Where replicas are discovered; None without DISCOVERY.
+    discovery: Discovered | None = None
 
     @property
     def primary(self) -> NodeStatus:
@@ -226,4 +271,6 @@ class Snapshot:
         }
         if self.sharing is not None:
             data["sharing"] = self.sharing.as_dict(topology=topology)
+        if self.discovery is not None:
+            data["discovery"] = self.discovery.as_dict(topology=topology)
         return data

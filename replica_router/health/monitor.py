@@ -33,13 +33,15 @@ import random
 import threading
 import time
 import weakref
-from collections.abc import Callable, Iterable, Mapping
-from dataclasses import dataclass, field, replace
+from collections.abc import Callable, Mapping
+from dataclasses import replace
+from types import MappingProxyType
 from typing import Any, Final, final
 
 from replica_router.balancer import Balancer
 from replica_router.conf import RouterConfig
-from replica_router.health.aliases import address, django_probe_params, is_postgresql, scrub
+from replica_router.discovery import Discovery
+from replica_router.health.aliases import django_probe_params, is_postgresql, scrub
 from replica_router.health.model import Freshness, NodeStatus, Probe, Sharing, Snapshot, State
 from replica_router.health.policy import (
     Change,
@@ -51,6 +53,7 @@ from replica_router.health.policy import (
     utc_now,
 )
 from replica_router.health.probe import ParallelProber, ProcessExiting, first_line
+from replica_router.health.published import Published, row
 from replica_router.signals import replica_state_changed
 
 __all__ = ["Monitor", "Published", "jittered", "live_monitors"]
@@ -67,83 +70,6 @@ JITTER: Final = 0.1
 def jittered(seconds: float) -> float:
     """``seconds``, or up to :data:`JITTER` of it less, at random."""
     return seconds * random.uniform(1 - JITTER, 1)
-
-
-@dataclass(frozen=True, slots=True)
-class Published:
-    """The health value a monitor publishes: the snapshot, and what the router
-    reads beside it. :meth:`Monitor._publish` applies it, all at once."""
-
-    snapshot: Snapshot
-    #: Replica alias -> how stale it may be (see :attr:`Monitor.freshness`).
-    freshness: Mapping[str, Freshness] = field(default_factory=dict)
-    #: Replay positions learnt with it (read-your-writes); positions only grow.
-    replay_positions: Mapping[str, int] = field(default_factory=dict)
-    #: The aliases found down (see :attr:`Monitor.down`).
-    down: frozenset[str] = field(init=False)
-
-    def __post_init__(self) -> None:
-        down = frozenset(n.alias for n in self.snapshot.nodes if n.state is State.DOWN)
-        object.__setattr__(self, "down", down)
-
-    @classmethod
-    def measured(
-        cls, trackers: Iterable[Tracker], config: RouterConfig, *, sharing: Sharing | None = None
-    ) -> Published:
-        """What the trackers of a monitor that probes say now."""
-        rows = []
-        freshness = {}
-        for tracker in trackers:
-            if tracker.status is None:
-                rows.append(_row(tracker, config))
-            else:
-                rows.append(
-                    replace(
-                        tracker.status,
-                        state=tracker.state,
-                        in_rotation=tracker.in_rotation,
-                        reason=tracker.reason,
-                        since=tracker.since,
-                        last_error=tracker.last_error,
-                    )
-                )
-            if (
-                tracker.alias in config.replicas
-                and tracker.lag is not None
-                and (tracker.in_rotation or tracker.state is State.LAGGING)
-            ):
-                freshness[tracker.alias] = Freshness(
-                    tracker.lag, tracker.lag_measured_at, tracker.in_rotation
-                )
-        snapshot = Snapshot(nodes=tuple(rows), taken_at=utc_now(), sharing=sharing)
-        return cls(snapshot=snapshot, freshness=freshness)
-
-    def rotation(self, weights: Mapping[str, int]) -> dict[str, int] | None:
-        """The ``weights`` of the replicas in rotation; None while no node has
-        been judged (the balancer keeps the configured weights)."""
-        nodes = self.snapshot.nodes
-        if all(node.state is State.UNKNOWN for node in nodes):
-            return None
-        serving = {node.alias for node in nodes if node.in_rotation}
-        return {alias: weight for alias, weight in weights.items() if alias in serving}
-
-
-def _row(tracker: Tracker, config: RouterConfig) -> NodeStatus:
-    """The node's row with its current state and no probe figures."""
-    is_primary = tracker.alias == config.primary
-    host, port = address(tracker.alias)
-    return NodeStatus(
-        alias=tracker.alias,
-        role="primary" if is_primary else "replica",
-        host=host,
-        port=port,
-        weight=None if is_primary else config.replicas[tracker.alias],
-        state=tracker.state,
-        in_rotation=tracker.in_rotation,
-        reason=tracker.reason,
-        since=tracker.since,
-        last_error=tracker.last_error,
-    )
 
 
 #: Every monitor of the process, for the at-fork hook (:mod:`replica_router.runtime`).
@@ -174,6 +100,7 @@ class Monitor:
         balancer: Balancer | None = None,
         params_for: Callable[[str], Mapping[str, Any]] = django_probe_params,
         monotonic: Callable[[], float] = time.monotonic,
+        discovery: Discovery | None = None,
     ) -> None:
         if config.check_interval <= 0 or config.check_timeout <= 0:
             raise ValueError("check_interval and check_timeout must be positive")
@@ -181,11 +108,21 @@ class Monitor:
         self.balancer = balancer
         self._params_for = params_for
         self._monotonic = monotonic
+        #: Where replicas come and go while the site runs (DISCOVERY); None: REPLICAS only.
+        self.discovery = discovery
+        #: Told the replicas' weights when discovery changes them (the routing listens).
+        self.on_replicas: Callable[[Mapping[str, int]], None] | None = None
         self._lock = threading.Lock()
         self._trackers = {alias: Tracker(alias) for alias in [config.primary, *config.replicas]}
         self._prober = ParallelProber(workers=len(self._trackers))
         self._thread: threading.Thread | None = None
         self._stop = threading.Event()
+        #: Set to end the wait between turns early: by stop(), or by discovery
+        #: when its answer changed the list (a new replica is probed at once).
+        self._wake = threading.Event()
+        if discovery is not None:
+            # Through self: after a fork, _wake is another event.
+            discovery.on_change = lambda: self._wake.set()
         self._first_cycle = threading.Event()
         self.cycles = 0
         #: Replica alias -> the latest replay position known (read-your-writes).
@@ -198,7 +135,10 @@ class Monitor:
         self.freshness: Mapping[str, Freshness] = {}
         #: The nodes' states, as last published.
         self.snapshot: Snapshot
-        self._publish(Published.measured(self._trackers.values(), config))
+        # Not _measured(): a subclass's _sharing() may need what its __init__ sets next.
+        self._publish(
+            Published.measured(self._trackers.values(), config, source_of=self._source_of)
+        )
         _monitors.add(self)
 
     # -- lifecycle -------------------------------------------------------------
@@ -227,6 +167,7 @@ class Monitor:
     def stop(self) -> None:
         """Stop the thread (it finishes the cycle it is in)."""
         self._stop.set()
+        self._wake.set()
         thread = self._thread
         if thread is not None and thread is not threading.current_thread():
             thread.join(self.config.check_timeout + 1)
@@ -244,8 +185,11 @@ class Monitor:
         self._lock = threading.Lock()
         self._thread = None
         self._stop = threading.Event()
+        self._wake = threading.Event()
         self._first_cycle = threading.Event()
         self._prober.after_fork()
+        if self.discovery is not None:
+            self.discovery.after_fork()
 
     def _loop(self) -> None:
         # The thread's own pacing is in real time, whatever clock the cycles read.
@@ -261,12 +205,55 @@ class Monitor:
                 logger.exception("replica health cycle failed")
             finally:
                 self._first_cycle.set()
-            self._stop.wait(max(0.0, jittered(wait) - (time.monotonic() - started)))
+            self._wake.wait(max(0.0, jittered(wait) - (time.monotonic() - started)))
+            self._wake.clear()
 
     def _turn(self) -> float:
         """Do this turn's work; return how long after its start the next one comes."""
+        self.follow_discovery()
         self.run_cycle()
         return self.config.check_interval
+
+    # -- discovery -------------------------------------------------------------
+
+    def follow_discovery(self, listing: Mapping[str, Any] | None = None) -> bool:
+        """Follow discovery: ask the source, or take the fleet prober's
+        ``listing``; then retire what has drained. True if the replicas
+        changed; a no-op without DISCOVERY."""
+        discovery = self.discovery
+        if discovery is None:
+            return False
+        changed = False
+        try:
+            changed = discovery.discover() if listing is None else discovery.adopt(listing)
+            if changed:
+                self._follow_replicas(publish=listing is None)
+            discovery.retire()
+        except Exception:  # discovery must never stop the probing
+            logger.exception("replica_router: following replica discovery failed")
+        return changed
+
+    def _follow_replicas(self, *, publish: bool) -> None:
+        """Probe the replicas the list has now, and forget those it dropped."""
+        assert self.discovery is not None
+        weights = self.discovery.topology.weights()
+        with self._lock:
+            self.config = replace(self.config, replicas=MappingProxyType(weights))
+            for alias in weights:
+                self._trackers.setdefault(alias, Tracker(alias))
+            for alias in [a for a in self._trackers if a != self.config.primary]:
+                if alias not in weights:
+                    del self._trackers[alias]
+                    self.replay_positions.pop(alias, None)
+                    self._prober.forget(alias)
+            self._prober.resize(len(self._trackers))
+            if publish:
+                self._publish(self._measured())
+        if self.on_replicas is not None:
+            self.on_replicas(weights)
+
+    def _source_of(self, alias: str) -> str:
+        return "settings" if self.discovery is None else self.discovery.topology.source_of(alias)
 
     # -- one cycle -------------------------------------------------------------
 
@@ -352,7 +339,7 @@ class Monitor:
     ) -> NodeStatus:
         is_primary = tracker.alias == self.config.primary
         return replace(
-            _row(tracker, self.config),
+            row(tracker, self.config),
             checked_at=utc_now(),
             lag_seconds=lag_seconds,
             lag_bytes=lag_bytes,
@@ -362,7 +349,13 @@ class Monitor:
 
     def _measured(self) -> Published:
         """What this process's probes say now. Called with the lock held."""
-        return Published.measured(self._trackers.values(), self.config, sharing=self._sharing())
+        return Published.measured(
+            self._trackers.values(),
+            self.config,
+            sharing=self._sharing(),
+            source_of=self._source_of,
+            discovery=None if self.discovery is None else self.discovery.state(),
+        )
 
     def _sharing(self) -> Sharing | None:
         """Who probes, for the snapshot: None here; a fleet's monitor says."""
@@ -378,6 +371,8 @@ class Monitor:
         for alias, lsn in published.replay_positions.items():
             self.note_replay_position(alias, lsn)
         rotation = published.rotation(self.config.replicas)
+        if rotation is not None and self.discovery is not None:
+            rotation = self.discovery.rotation_weights(rotation)
         balancer = self.balancer
         if balancer is not None and rotation is not None and dict(balancer.weights) != rotation:
             balancer.set_weights(rotation)

@@ -122,6 +122,13 @@ class ProbeConnections:
         for _, conn in kept.values():
             conn.close()
 
+    def forget(self, alias: str) -> None:
+        """Close ``alias``'s kept connection: it is no longer a node to probe."""
+        with self._lock:
+            entry = self._kept.pop(alias, None)
+        if entry is not None:
+            entry[1].close()
+
     def after_fork(self) -> None:
         """In a forked child: let go of the connections the parent kept.
 
@@ -300,6 +307,21 @@ class ParallelProber:
             self._inflight[alias] = futures[alias]
         results.update(_collect(futures, timeout))
         return results
+
+    def forget(self, alias: str) -> None:
+        """``alias`` is no longer a node (discovery dropped it)."""
+        self._inflight.pop(alias, None)
+        self._connections.forget(alias)
+
+    def resize(self, workers: int) -> None:
+        """Probe ``workers`` nodes at once from now on (discovery changed their number)."""
+        workers = max(1, workers)
+        if workers != self._workers:
+            self._workers = workers
+            if self._executor is not None:
+                # The probes in flight finish in the old threads; new ones start on use.
+                self._executor.shutdown(wait=False)
+                self._executor = None
 
     def close(self) -> None:
         """Stop the probe threads and close the kept connections."""

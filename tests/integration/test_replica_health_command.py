@@ -52,6 +52,7 @@ NODE_SCHEMA = {
     "lag_bytes": (int, type(None)),
     "recovery_conflicts": (int, type(None)),
     "recovery_conflicts_per_second": (*NUMBER, type(None)),
+    "source": (str,),
     "host": (str,),
     "port": (str,),
     "weight": (int, type(None)),

@@ -47,6 +47,7 @@ PUBLIC_KEYS = {
     "lag_bytes",
     "recovery_conflicts",
     "recovery_conflicts_per_second",
+    "source",
 }
 TOPOLOGY_KEYS = PUBLIC_KEYS | {
     "host",

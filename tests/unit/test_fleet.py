@@ -18,19 +18,8 @@ from replica_router.health.fleet import SharedMonitor
 from replica_router.health.model import State
 from replica_router.health.sharing import FileStore, Holder
 from tests.unit.test_monitor import FakeNodes, config_for, nodes  # noqa: F401
-from tests.unit.test_sharing import Clock
 
 OTHER = Holder("web-9", 909)
-
-
-@pytest.fixture
-def wall() -> Clock:
-    return Clock()
-
-
-@pytest.fixture
-def mono() -> Clock:
-    return Clock(now=5000.0)
 
 
 @pytest.fixture

@@ -48,6 +48,7 @@ from replica_router.backends.postgresql.faults import Fault, classify
 from replica_router.backends.postgresql.pools import close_pool_soon
 from replica_router.conf import CONNECT_TIMEOUT, get_config
 from replica_router.cutoff import registry
+from replica_router.discovery.topology import is_retired
 from replica_router.router import alternative_for
 from replica_router.runtime import PRIMARY, REPLICA, get_counters, get_monitor, role_of
 from replica_router.signals import replica_state_changed
@@ -79,6 +80,14 @@ class DatabaseWrapper(base.DatabaseWrapper):
         self._counted_open = False
 
     # -- connecting ------------------------------------------------------------
+
+    def close_if_unusable_or_obsolete(self) -> None:
+        # A replica that discovery retired: its connection closes at this
+        # request boundary, so that its alias can go once none is left.
+        if self.connection is not None and is_retired(self.alias):
+            self.close()
+            return
+        super().close_if_unusable_or_obsolete()
 
     def connect(self) -> None:
         # connect() opens cursors of its own (time zone, role); those must not

@@ -19,7 +19,7 @@ import threading
 
 from django.db import connections
 
-__all__ = ["close_pool_soon", "closing", "forget"]
+__all__ = ["close_pool_soon", "closing", "closing_aliases", "forget"]
 
 logger = logging.getLogger("replica_router")
 
@@ -45,6 +45,12 @@ def closing() -> list[threading.Thread]:
     """The closes still running (tests wait for them)."""
     with _lock:
         return list(_closing.values())
+
+
+def closing_aliases() -> set[str]:
+    """The aliases whose pools are being closed."""
+    with _lock:
+        return set(_closing)
 
 
 def forget() -> None:

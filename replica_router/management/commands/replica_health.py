@@ -19,12 +19,13 @@ from typing import Any
 from django.core.management.base import BaseCommand, CommandError, CommandParser
 
 from replica_router.conf import RouterConfig, get_config
+from replica_router.discovery import Discovery
 from replica_router.exceptions import ReplicaRouterConfigError
-from replica_router.health.model import NodeStatus, Sharing, Snapshot, State
+from replica_router.health.factory import health_store
+from replica_router.health.model import Discovered, NodeStatus, Sharing, Snapshot, State
 from replica_router.health.monitor import Monitor
 from replica_router.health.sharing import Guarded, StoreUnavailable
 from replica_router.report import health_document, pool_stats
-from replica_router.runtime import health_store
 
 #: The table's columns, in order.
 COLUMNS: Sequence[str] = (
@@ -106,10 +107,16 @@ class Command(BaseCommand):
         quiet = options["verbosity"] < 1
         as_json = options["format"] == "json"
 
-        monitor = Monitor(config=config, balancer=None)
+        discovery = (
+            None
+            if config.discovery is None
+            else Discovery(config.discovery, primary=config.primary, static=config.replicas)
+        )
+        monitor = Monitor(config=config, balancer=None, discovery=discovery)
         exit_code = 0
         try:
             while True:
+                monitor.follow_discovery()
                 snapshot = replace(monitor.run_cycle(), sharing=self._fleet(config))
                 exit_code = snapshot.exit_code
                 if not quiet:
@@ -235,6 +242,13 @@ class Command(BaseCommand):
             f"snapshot {'-' if snapshot_age is None else f'{snapshot_age:.1f}'} s old"
         )
 
+    @staticmethod
+    def _discovery_line(discovered: Discovered) -> str:
+        listed = f"{discovered.replicas} replicas listed"
+        if discovered.error is not None:
+            return f"discovery: {discovered.source} is failing ({discovered.error}); {listed} kept"
+        return f"discovery: {discovered.source}, {listed}"
+
     def _summary(self, snapshot: Snapshot) -> str:
         overall = snapshot.overall
         serving = sum(1 for node in snapshot.replicas if node.in_rotation)
@@ -245,6 +259,8 @@ class Command(BaseCommand):
         text = f"{overall}: {detail} (exit status {snapshot.exit_code})"
         if snapshot.sharing is not None:
             text = f"{self._prober_line(snapshot.sharing)}\n{text}"
+        if snapshot.discovery is not None:
+            text = f"{self._discovery_line(snapshot.discovery)}\n{text}"
         if overall == "ok":
             return self.style.SUCCESS(text)
         if overall == "degraded":
