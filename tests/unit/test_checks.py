@@ -29,6 +29,7 @@ from replica_router.checks import (
     check_settings,
     check_transaction_pooling,
 )
+from replica_router.discovery.checks import check_discovery
 from replica_router.router import ReplicaRouter
 
 GOOD_ROUTER = {"REPLICAS": {"replica_1": 3, "replica_2": 1}}
@@ -376,6 +377,42 @@ def test_w011_primary_without_the_engine():
     assert "'default'" in warning.msg and "test" in warning.msg
     assert "replica_router.backends.postgresql" in warning.hint
     assert "replica_router.W011" not in ids(check_databases(None))
+
+
+# -- DISCOVERY's needs of the other settings (E013) ----------------------------------
+
+DISCOVERY = {"SOURCE": "dns", "NAME": "_pg._tcp.db.internal"}
+
+
+def discovering(**extra):
+    return override_settings(REPLICA_ROUTER={**GOOD_ROUTER, "DISCOVERY": DISCOVERY, **extra})
+
+
+def test_e013_passes_a_discovery_that_copies_the_failover_primary():
+    with discovering():
+        assert check_discovery(None) == []
+    assert check_discovery(None) == []
+
+
+def test_e013_discovery_without_health_checks():
+    with discovering(HEALTH_CHECKS=False):
+        [error] = only(check_discovery(None), "replica_router.E013")
+    assert "HEALTH_CHECKS" in error.msg and "True" in error.hint
+
+
+def test_e013_template_not_in_databases():
+    with override_settings(
+        REPLICA_ROUTER={**GOOD_ROUTER, "DISCOVERY": {**DISCOVERY, "TEMPLATE": "replcia_1"}}
+    ):
+        [error] = only(check_discovery(None), "replica_router.E013")
+    assert "'replcia_1'" in error.msg and "TEMPLATE" in error.hint
+
+
+def test_e013_template_without_the_failover_engine():
+    with discovering(), databases(default={"ENGINE": "django.db.backends.postgresql"}):
+        [error] = only(check_discovery(None), "replica_router.E013")
+    assert "'default'" in error.msg
+    assert "replica_router.backends.postgresql" in error.hint
 
 
 def test_aliases_may_share_an_address():

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import logging
 import random
+import time
 
 import pytest
 
@@ -234,3 +235,24 @@ def test_nameservers_take_an_optional_port_and_ipv6_in_brackets():
         ("::1", 53),
     )
     assert config.discovery.jitter_seconds == 0.0
+
+
+def test_the_command_says_where_the_list_comes_from_when_it_changed_and_if_it_fails():
+    from replica_router.health.model import Discovered
+    from replica_router.management.commands.replica_health import Command
+
+    changed = 1_800_000_000.0
+    when = time.strftime("%Y-%m-%d %H:%M:%S", time.localtime(changed))
+    answering = Discovered("dns", 2, changed, changed + 5, None)
+    failing = Discovered("dns", 2, changed, changed, "SERVFAIL")
+    assert (
+        Command._discovery_line(answering) == f"discovery: dns, 2 replicas listed (changed {when})"
+    )
+    assert Command._discovery_line(failing) == (
+        f"discovery: dns is failing (SERVFAIL); 2 replicas listed (changed {when}) kept"
+    )
+    never = Discovered("callable", 0, None, None, "timed out")
+    assert (
+        Command._discovery_line(never)
+        == "discovery: callable is failing (timed out); 0 replicas listed kept"
+    )

@@ -245,6 +245,9 @@ class Command(BaseCommand):
     @staticmethod
     def _discovery_line(discovered: Discovered) -> str:
         listed = f"{discovered.replicas} replicas listed"
+        if discovered.changed_at is not None:
+            changed = time.strftime("%Y-%m-%d %H:%M:%S", time.localtime(discovered.changed_at))
+            listed = f"{listed} (changed {changed})"
         if discovered.error is not None:
             return f"discovery: {discovered.source} is failing ({discovered.error}); {listed} kept"
         return f"discovery: {discovered.source}, {listed}"
