@@ -32,7 +32,7 @@ __all__ = [
 ]
 
 #: The sources a replica list can come from.
-SOURCES: Final = ("dns", "callable")
+SOURCES: Final = ("dns", "patroni", "callable")
 RECORDS: Final = ("SRV", "A", "AAAA")
 
 DISCOVERY_DEFAULTS: Final[Mapping[str, object]] = MappingProxyType(
@@ -43,6 +43,7 @@ DISCOVERY_DEFAULTS: Final[Mapping[str, object]] = MappingProxyType(
         "NAMESERVERS": (),
         "PORT": None,
         "CALLABLE": None,
+        "URLS": (),
         "TEMPLATE": None,
         "WEIGHT": 1,
         "REFRESH_SECONDS": 60.0,
@@ -68,6 +69,8 @@ class DiscoveryConfig:
     port: int | None
     #: What returns the replicas (``source == "callable"``): a callable or its dotted path.
     callable: Callable[[], Any] | str | None
+    #: Patroni REST API base URLs (``source == "patroni"``), asked in turn.
+    urls: tuple[str, ...]
     #: The alias whose settings a discovered replica copies (None: the primary).
     template: str | None
     weight: int
@@ -111,6 +114,29 @@ def _nameserver(value: object) -> tuple[str, int]:
     return host, number
 
 
+def _urls(value: object, *, required: bool) -> tuple[str, ...]:
+    """Patroni REST API base URLs: ``http(s)://host:port``, without credentials."""
+    urls = () if value is None else value
+    if isinstance(urls, str) or not isinstance(urls, (list, tuple)):
+        urls = [urls]
+    parsed = tuple(urls)
+    good = all(
+        isinstance(url, str)
+        and url.startswith(("http://", "https://"))
+        and "@" not in url.split("/", 3)[2]
+        and url.split("/", 3)[2]
+        for url in parsed
+    )
+    if not good or (required and not parsed):
+        raise _problem(
+            f"{_key('URLS')} must be a list of http:// or https:// URLs of Patroni's REST "
+            "API, with no user or password in them.",
+            "For example ['http://10.0.0.1:8008', 'http://10.0.0.2:8008']: any member "
+            "answers GET /cluster for the whole cluster, without authentication.",
+        )
+    return tuple(url.rstrip("/") for url in parsed)
+
+
 def _seconds(name: str, raw: Mapping[str, Any], *, zero_ok: bool = False) -> float:
     value = raw.get(name, DISCOVERY_DEFAULTS[name])
     if zero_ok and value == 0 and not isinstance(value, bool):
@@ -144,8 +170,8 @@ def parse_discovery(name: str, value: object, default: object) -> DiscoveryConfi
     if source not in SOURCES:
         raise _problem(
             f"{_key('SOURCE')} must be one of {', '.join(map(repr, SOURCES))}, not {show(source)}.",
-            "Use 'dns' for DNS SRV or A records, 'callable' for a function of yours "
-            "that returns the replicas.",
+            "Use 'dns' for DNS SRV or A records, 'patroni' for a Patroni cluster's "
+            "REST API, 'callable' for a function of yours that returns the replicas.",
         )
     dns_name = value.get("NAME")
     if source == "dns":
@@ -191,6 +217,7 @@ def parse_discovery(name: str, value: object, default: object) -> DiscoveryConfi
             "For example 'myproject.db.replica_urls', a function that returns a list of "
             "'host:port' strings or postgresql:// URLs.",
         )
+    urls = _urls(value.get("URLS", ()), required=source == "patroni")
     template = value.get("TEMPLATE")
     if template is not None and (not isinstance(template, str) or not template):
         raise _problem(
@@ -213,6 +240,7 @@ def parse_discovery(name: str, value: object, default: object) -> DiscoveryConfi
         nameservers=nameservers,
         port=port,
         callable=found_by,
+        urls=urls,
         template=template,
         weight=weight,
         refresh_seconds=_seconds("REFRESH_SECONDS", value),

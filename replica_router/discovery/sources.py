@@ -1,4 +1,4 @@
-"""Where a list of replicas comes from: DNS records, or a callable of the site's.
+"""Where a list of replicas comes from: DNS records, Patroni, or a callable of the site's.
 
 A source answers with :class:`Answer`: the replicas it lists, each a
 :class:`Member` (an address and a port), and how long the answer may be kept
@@ -9,6 +9,9 @@ what to do then (keep the last list) is :mod:`~replica_router.discovery.discover
 from __future__ import annotations
 
 import importlib
+import json
+import urllib.error
+import urllib.request
 from collections.abc import Callable, Iterable
 from typing import Any, NamedTuple, Protocol
 
@@ -22,6 +25,7 @@ __all__ = [
     "DiscoveryFailed",
     "DnsSource",
     "Member",
+    "PatroniSource",
     "Source",
     "source_for",
 ]
@@ -49,7 +53,7 @@ class Answer(NamedTuple):
 
 
 class Source(Protocol):
-    #: "dns" or "callable", for display.
+    #: "dns", "patroni" or "callable", for display.
     kind: str
 
     def resolve(self) -> Answer: ...
@@ -127,6 +131,60 @@ class DnsSource:
         return addresses, min(ttls, default=None)
 
 
+class PatroniSource:
+    """The replicas of a Patroni cluster, from its REST API's ``GET /cluster``.
+
+    Any member answers for the whole cluster, so the URLs are asked in turn
+    until one answers. A member is listed while Patroni says it is a running
+    replica (``replica``, ``sync_standby`` or ``quorum_standby``) without the
+    ``noloadbalance`` tag, Patroni's own way to keep reads off a node. The
+    leader is not listed: writes find it through the primary's settings.
+    """
+
+    kind = "patroni"
+    #: The roles of members that take reads, and the states in which they do.
+    READ_ROLES = frozenset({"replica", "sync_standby", "quorum_standby"})
+    RUNNING = frozenset({"running", "streaming"})
+
+    def __init__(self, urls: Iterable[str], *, timeout: float = 2.0) -> None:
+        self.urls = tuple(urls)
+        self.timeout = timeout
+
+    def resolve(self) -> Answer:
+        errors = []
+        for url in self.urls:
+            try:
+                with urllib.request.urlopen(f"{url}/cluster", timeout=self.timeout) as response:
+                    document = json.load(response)
+                return Answer(tuple(self._members(document)), None)
+            except (OSError, ValueError, TypeError, KeyError, AttributeError) as exc:
+                errors.append(f"{url}: {_reason(exc)}")
+        raise DiscoveryFailed("; ".join(errors) or "no URL to ask")
+
+    def _members(self, document: Any) -> Iterable[Member]:
+        members = document["members"]
+        if not isinstance(members, list):
+            raise ValueError("'members' is not a list")
+        for member in members:
+            tags = member.get("tags") or {}
+            if (
+                member.get("role") in self.READ_ROLES
+                and member.get("state") in self.RUNNING
+                and not tags.get("noloadbalance")
+            ):
+                yield Member(str(member["host"]), int(member["port"]), str(member["name"]))
+
+
+def _reason(exc: BaseException) -> str:
+    if isinstance(exc, urllib.error.HTTPError):
+        return f"HTTP {exc.code}"
+    if isinstance(exc, urllib.error.URLError):
+        return str(exc.reason)
+    if isinstance(exc, (KeyError, AttributeError, TypeError, ValueError)):
+        return f"not a Patroni /cluster document ({type(exc).__name__}: {exc})"
+    return f"{type(exc).__name__}: {exc}"
+
+
 class CallableSource:
     """A function of the site's that returns the replicas.
 
@@ -194,5 +252,7 @@ def source_for(config: DiscoveryConfig) -> Source:
             nameservers=config.nameservers,
             timeout=config.timeout_seconds,
         )
+    if config.source == "patroni":
+        return PatroniSource(config.urls, timeout=config.timeout_seconds)
     assert config.callable is not None
     return CallableSource(config.callable)

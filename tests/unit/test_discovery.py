@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import logging
 import random
 import time
@@ -10,7 +11,13 @@ import pytest
 
 from replica_router.conf import parse_settings
 from replica_router.discovery.discoverer import Discoverer
-from replica_router.discovery.sources import Answer, CallableSource, DiscoveryFailed, Member
+from replica_router.discovery.sources import (
+    Answer,
+    CallableSource,
+    DiscoveryFailed,
+    Member,
+    PatroniSource,
+)
 from replica_router.discovery.topology import Listing, Topology
 
 
@@ -206,6 +213,10 @@ def test_a_warming_replica_ramps_from_a_tenth_of_its_share_to_all_of_it():
         ({"SOURCE": "dns", "NAME": "x", "PORT": "5432"}, "PORT"),
         ({"SOURCE": "dns", "NAME": "x", "TEMPLATE": ""}, "TEMPLATE"),
         ({"SOURCE": "dns", "NAME": "x", "REFRESH": 5}, "unknown key"),
+        ({"SOURCE": "patroni"}, "URLS"),
+        ({"SOURCE": "patroni", "URLS": ["10.0.0.1:8008"]}, "URLS"),
+        ({"SOURCE": "patroni", "URLS": ["http://admin:secret@10.0.0.1:8008"]}, "URLS"),
+        ({"SOURCE": "patroni", "URLS": [8008]}, "URLS"),
         ("dns", "None or a dict"),
     ],
 )
@@ -213,6 +224,7 @@ def test_bad_discovery_settings_are_e012_with_a_hint(discovery, fragment):
     _, problems = parse_settings({"DISCOVERY": discovery})
     assert [p.id for p in problems] == ["replica_router.E012"]
     assert fragment in problems[0].message and problems[0].hint
+    assert "secret" not in problems[0].message + problems[0].hint
 
 
 def test_nameservers_take_an_optional_port_and_ipv6_in_brackets():
@@ -256,3 +268,113 @@ def test_the_command_says_where_the_list_comes_from_when_it_changed_and_if_it_fa
         Command._discovery_line(never)
         == "discovery: callable is failing (timed out); 0 replicas listed kept"
     )
+
+
+# -- Patroni's GET /cluster, served by a stand-in for one member's REST API ----------
+
+
+class PatroniApi:
+    """An HTTP server on loopback that answers GET /cluster with ``document``
+    (a dict, raw bytes, or an int status); the parsing is what is tested here,
+    the real Patroni is in tests/integration/test_patroni.py."""
+
+    def __init__(self) -> None:
+        import http.server
+        import threading
+
+        api = self
+        self.document: object = {}
+
+        class Handler(http.server.BaseHTTPRequestHandler):
+            def do_GET(self) -> None:
+                doc = api.document
+                if isinstance(doc, int):
+                    self.send_error(doc)
+                    return
+                body = doc if isinstance(doc, bytes) else json.dumps(doc).encode()
+                self.send_response(200)
+                self.send_header("Content-Length", str(len(body)))
+                self.end_headers()
+                self.wfile.write(body)
+
+            def log_message(self, *args: object) -> None:
+                pass
+
+        self.server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+        self.url = f"http://127.0.0.1:{self.server.server_address[1]}"
+        self.thread = threading.Thread(target=self.server.serve_forever, args=(0.01,), daemon=True)
+        self.thread.start()
+
+    def close(self) -> None:
+        self.server.shutdown()
+        self.server.server_close()
+        self.thread.join()
+
+
+@pytest.fixture
+def patroni_api():
+    api = PatroniApi()
+    yield api
+    api.close()
+
+
+def member(name, role, state="running", port=5432, **extra):
+    return {"name": name, "role": role, "state": state, "host": "10.0.0.9", "port": port, **extra}
+
+
+def test_patroni_lists_its_running_replicas_but_not_the_leader_or_the_others(patroni_api):
+    patroni_api.document = {
+        "scope": "main",
+        "members": [
+            member("n0", "leader", port=5430),
+            member("n1", "replica", "streaming", port=5431),
+            member("n2", "sync_standby", port=5432),
+            member("n3", "replica", "starting", port=5433),
+            member("n4", "replica", "stopped", port=5434),
+            member("n5", "replica", port=5435, tags={"noloadbalance": True}),
+            member("n6", "replica", "running", port=5436, tags={"nofailover": True}),
+        ],
+    }
+    answer = PatroniSource([patroni_api.url], timeout=2).resolve()
+    assert answer == Answer(
+        (
+            Member("10.0.0.9", 5431, "n1"),
+            Member("10.0.0.9", 5432, "n2"),
+            Member("10.0.0.9", 5436, "n6"),
+        ),
+        None,
+    )
+
+
+def test_patroni_asks_each_url_until_one_answers(patroni_api):
+    patroni_api.document = {"members": [member("n1", "replica")]}
+    unused = PatroniApi()
+    unused.close()  # a member whose API is down: connection refused
+    answer = PatroniSource([unused.url, patroni_api.url], timeout=2).resolve()
+    assert [m.name for m in answer.members] == ["n1"]
+
+
+@pytest.mark.parametrize(
+    ("document", "reason"),
+    [
+        (503, "HTTP 503"),
+        (b"<html>not json</html>", "not a Patroni /cluster document"),
+        ({"members": "n1"}, "not a Patroni /cluster document"),
+        ({"leader": "n0"}, "not a Patroni /cluster document"),
+        ({"members": [{"role": "replica", "state": "running"}]}, "not a Patroni /cluster document"),
+    ],
+)
+def test_patroni_answers_that_are_not_a_cluster_fail_with_the_reason(patroni_api, document, reason):
+    patroni_api.document = document
+    with pytest.raises(DiscoveryFailed, match=reason) as failed:
+        PatroniSource([patroni_api.url], timeout=2).resolve()
+    assert patroni_api.url in str(failed.value)
+
+
+def test_patroni_urls_are_parsed_without_their_trailing_slash():
+    config, problems = parse_settings(
+        {"DISCOVERY": {"SOURCE": "patroni", "URLS": ["http://10.0.0.1:8008/", "https://b:8008"]}}
+    )
+    assert problems == []
+    assert config.discovery is not None
+    assert config.discovery.urls == ("http://10.0.0.1:8008", "https://b:8008")
