@@ -13,7 +13,9 @@ one second late.
 
 from __future__ import annotations
 
+import gc
 import os
+import socket
 import subprocess
 import sys
 import threading
@@ -100,10 +102,29 @@ def new_app(redis_server: str) -> Callable[..., object]:
 
 
 @pytest.fixture(autouse=True, scope="module")
-def _close_broker_connections() -> Iterator[None]:
+def _close_broker_connections(redis_server: str) -> Iterator[None]:
+    """Close kombu's pools after the module, then check that no connection
+    to Redis is left: one that Celery left open fails this module, which made
+    it, rather than whichever later test the garbage collector finalises it in."""
     # kombu's pools are global, one per broker URL, shared by every app here.
     yield
     kombu.pools.reset()
+    gc.collect()
+    port = int(redis_server.rsplit(":", 1)[1].split("/")[0])
+    left = [sock for sock in gc.get_objects() if _connected_to(sock, port)]
+    described = [repr(sock) for sock in left]
+    for sock in left:  # so that they do not fail a later test as well
+        sock.close()
+    assert described == [], described
+
+
+def _connected_to(sock: object, port: int) -> bool:
+    if not isinstance(sock, socket.socket) or sock.fileno() < 0:
+        return False
+    try:
+        return bool(sock.getpeername()[1] == port)
+    except OSError:
+        return False
 
 
 @contextmanager
