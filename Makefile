@@ -41,14 +41,21 @@ needs-%:
 # (testbed/settings.py); then the branch coverage of replica_router/ over both
 # (failing under the floor in pyproject.toml), then the sample site's suite.
 # Then Django's own suite without and with the router (test-django-suite).
+# The Patroni pass (tests/patroni) runs on a Patroni cluster of its own
+# (replica_router.testing.patroni), with testbed/settings_patroni.py.
 # Stops at the first of these that fails.
 PGBOUNCER_PASS := REPLICA_ROUTER_TEST_PGBOUNCER=1 $(BIN)/coverage run -m pytest -m pgbouncer tests/integration
-test: needs-postgresql+chromium+redis+pgbouncer+dnsmasq install
+PATRONI_DIR ?= $(CLUSTER_DIR)-patroni
+PATRONI := $(BIN)/python -m replica_router.testing.patroni run --dir $(PATRONI_DIR) --
+PATRONI_PASS := $(BIN)/coverage run -m pytest --ds testbed.settings_patroni tests/patroni
+test: needs-postgresql+chromium+redis+pgbouncer+dnsmasq+patroni install
 	$(BIN)/coverage erase
 	$(CLUSTER) run --dir $(CLUSTER_DIR) --replicas $(REPLICAS) --pgbouncer -- sh -c '\
 		$(BIN)/coverage run -m pytest $(PYTEST_ARGS) && \
 		echo "again through PgBouncer (transaction pooling), the tests marked pgbouncer:" && \
 		$(PGBOUNCER_PASS) $(PYTEST_ARGS)'
+	@echo "against a Patroni cluster, switching over and failing over (tests/patroni):"
+	$(PATRONI) $(PATRONI_PASS) $(PYTEST_ARGS)
 	$(BIN)/coverage combine --quiet
 	$(BIN)/coverage report
 	$(MAKE) test-sample
@@ -102,8 +109,9 @@ docs: install
 	$(BIN)/sphinx-build -W --keep-going -q -b html docs docs/_build/html
 
 # Benchmarks print their figures; each compares side by side in one process.
-bench: needs-postgresql+wrk+redis+pgpool2+dnsmasq install
+bench: needs-postgresql+wrk+redis+pgpool2+dnsmasq+patroni install
 	mkdir -p docs/bench
+	$(PATRONI) $(BIN)/python bench/bench_switchover.py | tee docs/bench/topology.txt
 	$(CLUSTER) run --dir $(CLUSTER_DIR) --replicas $(REPLICAS) -- sh -c '\
 		$(BIN)/python bench/bench_router.py | tee docs/bench/router.txt && \
 		$(BIN)/python bench/bench_hooks.py | tee docs/bench/hooks.txt && \
@@ -112,7 +120,7 @@ bench: needs-postgresql+wrk+redis+pgpool2+dnsmasq install
 		$(BIN)/python bench/bench_monotonic.py | tee docs/bench/monotonic.txt && \
 		$(BIN)/python bench/bench_celery.py | tee docs/bench/celery.txt && \
 		$(BIN)/python bench/bench_fleet.py | tee docs/bench/fleet.txt && \
-		$(BIN)/python bench/bench_topology.py | tee docs/bench/topology.txt && \
+		$(BIN)/python bench/bench_topology.py | tee -a docs/bench/topology.txt && \
 		$(BIN)/python bench/bench_http.py && \
 		$(BIN)/python bench/bench_pgpool.py | tee docs/bench/pgpool.txt'
 	$(CLUSTER) run --dir $(CLUSTER_DIR) --replicas $(REPLICAS) -- env PYTEST_ADDOPTS="-s -k chaos" \

@@ -29,6 +29,7 @@ import pwd
 import shutil
 import signal
 import subprocess
+import sys
 import time
 import urllib.request
 from collections.abc import Mapping
@@ -38,7 +39,7 @@ from typing import Any, Final
 
 from replica_router.testing.cluster_nodes import DBNAME, SERVER_ACCOUNT, SUPERUSER, find_bindir
 from replica_router.testing.etcd import EtcdServer
-from replica_router.testing.processes import free_port, process_alive
+from replica_router.testing.processes import free_port, process_alive, processes_with
 
 __all__ = ["PatroniCluster", "PatroniError", "PatroniNode", "find_patroni"]
 
@@ -83,7 +84,8 @@ class PatroniCluster:
         self.directory = Path(directory).resolve()
         self.etcd = EtcdServer(self.directory / "etcd")
         self.nodes: dict[str, PatroniNode] = {}
-        self._processes: dict[str, subprocess.Popen[bytes]] = {}
+        #: The Patroni processes this object started, reaped when they end.
+        self._children: dict[str, subprocess.Popen[bytes]] = {}
 
     # -- lifecycle ---------------------------------------------------------
 
@@ -111,7 +113,7 @@ class PatroniCluster:
         self.wait_streaming(timeout=timeout)
 
     def down(self) -> None:
-        for name in list(self._processes):
+        for name in self.nodes:
             self.stop(name)
         self.etcd.stop()
 
@@ -120,27 +122,37 @@ class PatroniCluster:
         patroni, _ = find_patroni()
         log = (self.directory / f"{name}.log").open("ab")
         with log:
-            self._processes[name] = subprocess.Popen(
+            # Found again by its command line (_patroni_pid), so that a
+            # cluster loaded from its directory by another process can stop it.
+            self._children[name] = subprocess.Popen(
                 [patroni, str(self._config_path(name))],
                 stdout=log,
                 stderr=subprocess.STDOUT,
                 stdin=subprocess.DEVNULL,
                 cwd=self.directory,
+                start_new_session=True,
                 **self._account(),
             )
 
     def stop(self, name: str) -> None:
         """Stop node ``name``'s Patroni and, as Patroni does on SIGTERM, its PostgreSQL."""
-        process = self._processes.pop(name, None)
-        if process is None or process.poll() is not None:
-            return
-        process.terminate()
-        try:
-            process.wait(timeout=60)
-        except subprocess.TimeoutExpired:
-            process.kill()
-            process.wait()
+        pid = self._patroni_pid(name)
+        if pid is not None:
+            os.kill(pid, signal.SIGTERM)
+            if not self._wait_gone(pid, 60):
+                os.kill(pid, signal.SIGKILL)
+                self._wait_gone(pid, 10)
+        self._reap(name)
         self._kill_postmaster(name)
+
+    def node_down(self, name: str) -> bool:
+        """Whether node ``name``'s Patroni is not running (killed, say)."""
+        return self._patroni_pid(name) is None
+
+    def _reap(self, name: str) -> None:
+        child = self._children.pop(name, None)
+        if child is not None:
+            child.wait(timeout=10)
 
     # -- what the cluster is doing ------------------------------------------
 
@@ -234,9 +246,11 @@ class PatroniCluster:
         leader = self.leader()
         if leader is None:
             raise PatroniError("no leader to kill")
-        process = self._processes.pop(leader)
-        process.kill()
-        process.wait()
+        pid = self._patroni_pid(leader)
+        if pid is not None:
+            os.kill(pid, signal.SIGKILL)
+            self._wait_gone(pid, 10)
+        self._reap(leader)
         self._kill_postmaster(leader)
         return leader
 
@@ -341,6 +355,20 @@ class PatroniCluster:
         with psycopg.connect(self.dsn(leader, dbname="postgres"), autocommit=True) as conn:
             conn.execute(f"CREATE DATABASE {DBNAME}")
 
+    def _patroni_pid(self, name: str) -> int | None:
+        config = str(self._config_path(name)).encode()
+        pids = [pid for pid in processes_with(b"patroni", config) if process_alive(pid)]
+        return pids[0] if pids else None
+
+    @staticmethod
+    def _wait_gone(pid: int, timeout: float) -> bool:
+        deadline = time.monotonic() + timeout
+        while process_alive(pid):
+            if time.monotonic() > deadline:
+                return False
+            time.sleep(0.05)
+        return True
+
     def _postmaster_pid(self, name: str) -> int | None:
         try:
             return int((self.directory / name / "postmaster.pid").read_text().split()[0])
@@ -351,9 +379,7 @@ class PatroniCluster:
         pid = self._postmaster_pid(name)
         if pid is not None and process_alive(pid):
             os.kill(pid, signal.SIGKILL)
-            deadline = time.monotonic() + 10
-            while process_alive(pid) and time.monotonic() < deadline:
-                time.sleep(0.05)
+            self._wait_gone(pid, 10)
 
     @staticmethod
     def _account() -> Mapping[str, Any]:
@@ -366,3 +392,45 @@ class PatroniCluster:
         if os.geteuid() == 0:
             account = pwd.getpwnam(SERVER_ACCOUNT)
             os.chown(path, account.pw_uid, account.pw_gid)
+
+
+#: The variable ``run`` sets for the command it runs: the cluster's directory.
+DIR_VARIABLE: Final = "REPLICA_ROUTER_PATRONI_DIR"
+
+
+def main(argv: list[str] | None = None) -> int:
+    """``python -m replica_router.testing.patroni run --dir DIR [--nodes 3] -- COMMAND...``:
+    bring a Patroni cluster up, run COMMAND with ``REPLICA_ROUTER_PATRONI_DIR``
+    set to DIR, and take the cluster down again, whatever COMMAND does."""
+    import argparse
+
+    argv = sys.argv[1:] if argv is None else argv
+    own, command = (
+        (argv[: argv.index("--")], argv[argv.index("--") + 1 :]) if "--" in argv else (argv, [])
+    )
+    parser = argparse.ArgumentParser(prog="python -m replica_router.testing.patroni")
+    parser.add_argument("command", choices=["run"])
+    parser.add_argument("--dir", default=".patroni")
+    parser.add_argument("--nodes", type=int, default=3)
+    args = parser.parse_args(own)
+    if not command:
+        parser.error("run needs a command after --")
+    cluster = PatroniCluster(args.dir)
+    started = time.monotonic()
+    try:
+        cluster.up(args.nodes)
+        print(
+            f"patroni cluster ready in {time.monotonic() - started:.1f}s: "
+            f"{args.nodes} nodes in {cluster.directory}, leader {cluster.leader()}",
+            file=sys.stderr,
+        )
+        return subprocess.call(command, env={**os.environ, DIR_VARIABLE: str(cluster.directory)})
+    except PatroniError as exc:
+        print(f"patroni: {exc}", file=sys.stderr)
+        return 1
+    finally:
+        cluster.down()
+
+
+if __name__ == "__main__":
+    sys.exit(main())
