@@ -240,6 +240,16 @@ class PatroniCluster:
             raise PatroniError(f"patronictl switchover failed:\n{result.stdout}{result.stderr}")
         return took
 
+    def kill_patroni(self, name: str) -> None:
+        """SIGKILL node ``name``'s Patroni but not its PostgreSQL, which runs
+        on: the REST API is gone. ``start(name)`` brings Patroni back, and it
+        takes the running server over again."""
+        pid = self._patroni_pid(name)
+        if pid is not None:
+            os.kill(pid, signal.SIGKILL)
+            self._wait_gone(pid, 10)
+        self._reap(name)
+
     def kill_leader(self) -> str:
         """SIGKILL the leader's Patroni and its PostgreSQL, as a crashed host;
         the name of the node killed. Its lock expires within ``TTL`` seconds."""

@@ -18,6 +18,7 @@ from replica_router.testing.patroni import PatroniCluster
 from testbed.polling import wait_for
 from testbed.switchover import (
     Change,
+    Traffic,
     alias_of,
     change_under_load,
     in_rotation,
@@ -69,3 +70,26 @@ def test_a_killed_leader_fails_no_read_serves_no_stale_read_and_writes_resume(pa
     patroni.wait_streaming(timeout=120)
     wait_for(lambda: rotation_follows_the_cluster(patroni), timeout=60)
     assert get_monitor().snapshot.node(alias_of(patroni.nodes[old].port)).source == "patroni"
+
+
+def test_a_patroni_api_that_stops_answering_keeps_the_last_list(patroni):
+    """Every Patroni killed, PostgreSQL running on: discovery fails, the last
+    list is kept and served, and it is followed again once Patroni is back."""
+    wait_for(lambda: rotation_follows_the_cluster(patroni), timeout=60)
+    before = in_rotation()
+    with Traffic() as traffic:
+        wait_for(lambda: traffic.total_reads() > 100)
+        for name in patroni.nodes:
+            patroni.kill_patroni(name)
+        wait_for(lambda: get_monitor().snapshot.discovery.error is not None)
+        failing = traffic.total_reads()
+        # Several refreshes (REFRESH_SECONDS is 1) without an answer.
+        wait_for(lambda: traffic.total_reads() > failing + 500)
+        kept = in_rotation()
+        for name in patroni.nodes:
+            patroni.start(name)
+        wait_for(lambda: get_monitor().snapshot.discovery.error is None, timeout=60)
+    assert traffic.failed_reads == []
+    assert traffic.stale_reads == 0
+    assert kept == before
+    assert set(traffic.reads) >= before  # the kept replicas served meanwhile
