@@ -25,6 +25,8 @@ from collections.abc import Iterable, Mapping
 from pathlib import Path
 from types import TracebackType
 
+from replica_router.testing.processes import end
+
 __all__ = ["DnsServer", "DnsServerError", "find_dnsmasq"]
 
 HOST = "127.0.0.1"
@@ -149,13 +151,7 @@ class DnsServer:
     def halt(self) -> None:
         """Stop dnsmasq, keeping the port and records for :meth:`start`."""
         process, self._process = self._process, None
-        if process is not None:
-            process.terminate()
-            try:
-                process.wait(5)
-            except subprocess.TimeoutExpired:
-                process.kill()
-                process.wait()
+        end(process, timeout=5)
 
     def stop(self) -> None:
         self.halt()

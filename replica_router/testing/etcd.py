@@ -16,7 +16,7 @@ import urllib.request
 from pathlib import Path
 from types import TracebackType
 
-from replica_router.testing.processes import free_port
+from replica_router.testing.processes import end, free_port
 
 __all__ = ["EtcdError", "EtcdServer", "find_etcd"]
 
@@ -97,13 +97,7 @@ class EtcdServer:
 
     def stop(self) -> None:
         process, self._process = self._process, None
-        if process is not None and process.poll() is None:
-            process.terminate()
-            try:
-                process.wait(timeout=10)
-            except subprocess.TimeoutExpired:
-                process.kill()
-                process.wait()
+        end(process)
         self.port = None
 
     def __enter__(self) -> EtcdServer:

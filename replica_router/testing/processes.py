@@ -7,9 +7,18 @@ the lookups find nothing.
 from __future__ import annotations
 
 import socket
+import subprocess
 from pathlib import Path
 
-__all__ = ["children", "cmdline", "free_port", "process_alive", "process_state", "processes_with"]
+__all__ = [
+    "children",
+    "cmdline",
+    "end",
+    "free_port",
+    "process_alive",
+    "process_state",
+    "processes_with",
+]
 
 
 def children(pid: int) -> list[int]:
@@ -64,3 +73,16 @@ def free_port() -> int:
         s.bind(("127.0.0.1", 0))
         port: int = s.getsockname()[1]
         return port
+
+
+def end(process: subprocess.Popen[bytes] | None, timeout: float = 10.0) -> None:
+    """SIGTERM a child server, SIGKILL it if it has not exited after ``timeout``
+    seconds, and reap it."""
+    if process is None or process.poll() is not None:
+        return
+    process.terminate()
+    try:
+        process.wait(timeout=timeout)
+    except subprocess.TimeoutExpired:
+        process.kill()
+        process.wait()

@@ -26,6 +26,8 @@ import time
 from pathlib import Path
 from types import TracebackType
 
+from replica_router.testing.processes import end
+
 __all__ = ["RedisServer", "RedisServerError", "find_redis_server", "ping"]
 
 HOST = "127.0.0.1"
@@ -148,13 +150,7 @@ class RedisServer:
         """End the server but keep its port, so that :meth:`start` brings it back
         at the same URL: a Redis host that goes down and comes back."""
         process, self._process = self._process, None
-        if process is not None and process.poll() is None:
-            process.terminate()
-            try:
-                process.wait(timeout=10)
-            except subprocess.TimeoutExpired:
-                process.kill()
-                process.wait()
+        end(process)
 
     def stop(self) -> None:
         self.halt()
