@@ -9,7 +9,8 @@ Used as a library::
     cluster.kill_leader()         # SIGKILL the leader's Patroni and PostgreSQL
     cluster.down()
 
-and through the cluster tool's Patroni mode (``cluster up --patroni``).
+and as a command, ``python -m replica_router.testing.patroni run --dir DIR -- CMD...``
+(:mod:`~replica_router.testing.patroni_cli`).
 
 Patroni (``apt-get install patroni``, with ``etcd-server``) runs PostgreSQL
 itself: it initialises the first node, clones the others with
@@ -408,39 +409,7 @@ class PatroniCluster:
 DIR_VARIABLE: Final = "REPLICA_ROUTER_PATRONI_DIR"
 
 
-def main(argv: list[str] | None = None) -> int:
-    """``python -m replica_router.testing.patroni run --dir DIR [--nodes 3] -- COMMAND...``:
-    bring a Patroni cluster up, run COMMAND with ``REPLICA_ROUTER_PATRONI_DIR``
-    set to DIR, and take the cluster down again, whatever COMMAND does."""
-    import argparse
-
-    argv = sys.argv[1:] if argv is None else argv
-    own, command = (
-        (argv[: argv.index("--")], argv[argv.index("--") + 1 :]) if "--" in argv else (argv, [])
-    )
-    parser = argparse.ArgumentParser(prog="python -m replica_router.testing.patroni")
-    parser.add_argument("command", choices=["run"])
-    parser.add_argument("--dir", default=".patroni")
-    parser.add_argument("--nodes", type=int, default=3)
-    args = parser.parse_args(own)
-    if not command:
-        parser.error("run needs a command after --")
-    cluster = PatroniCluster(args.dir)
-    started = time.monotonic()
-    try:
-        cluster.up(args.nodes)
-        print(
-            f"patroni cluster ready in {time.monotonic() - started:.1f}s: "
-            f"{args.nodes} nodes in {cluster.directory}, leader {cluster.leader()}",
-            file=sys.stderr,
-        )
-        return subprocess.call(command, env={**os.environ, DIR_VARIABLE: str(cluster.directory)})
-    except PatroniError as exc:
-        print(f"patroni: {exc}", file=sys.stderr)
-        return 1
-    finally:
-        cluster.down()
-
-
 if __name__ == "__main__":
+    from replica_router.testing.patroni_cli import main
+
     sys.exit(main())
