@@ -47,6 +47,8 @@ needs-%:
 PGBOUNCER_PASS := REPLICA_ROUTER_TEST_PGBOUNCER=1 $(BIN)/coverage run -m pytest -m pgbouncer tests/integration
 PATRONI_DIR ?= $(CLUSTER_DIR)-patroni
 PATRONI := $(BIN)/python -m replica_router.testing.patroni run --dir $(PATRONI_DIR) --
+# Under coverage, so that the cluster tool it exercises counts (its children too).
+PATRONI_COVERED := $(BIN)/coverage run -m replica_router.testing.patroni run --dir $(PATRONI_DIR) --
 PATRONI_PASS := $(BIN)/coverage run -m pytest --ds testbed.settings_patroni tests/patroni
 test: needs-postgresql+chromium+redis+pgbouncer+dnsmasq+patroni install
 	$(BIN)/coverage erase
@@ -55,7 +57,7 @@ test: needs-postgresql+chromium+redis+pgbouncer+dnsmasq+patroni install
 		echo "again through PgBouncer (transaction pooling), the tests marked pgbouncer:" && \
 		$(PGBOUNCER_PASS) $(PYTEST_ARGS)'
 	@echo "against a Patroni cluster, switching over and failing over (tests/patroni):"
-	$(PATRONI) $(PATRONI_PASS) $(PYTEST_ARGS)
+	$(PATRONI_COVERED) $(PATRONI_PASS) $(PYTEST_ARGS)
 	$(BIN)/coverage combine --quiet
 	$(BIN)/coverage report
 	$(MAKE) test-sample
