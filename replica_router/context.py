@@ -276,6 +276,12 @@ def primary_insert_lsn() -> int:
     return lsn
 
 
+def wrote_here() -> bool:
+    """Whether this context has written on the primary (its reads stay there)."""
+    state = causal_state.get()
+    return state.wrote if state is not None else _wrote_outside.get()
+
+
 def current_token() -> str | None:
     """The causality token of what this context must see, or None.
 

@@ -76,6 +76,9 @@ class DatabaseWrapper(base.DatabaseWrapper):
         #: a read cancelled for a recovery conflict runs again on a stand-in,
         #: and if the stand-in cancels it too, on the primary.
         self._next_server: str | None = None
+        #: A replica's connection that the next connect takes, once: a read
+        #: pinned to this primary runs there after the primary's connection broke.
+        self.caught_up: tuple[str, Any] | None = None
         #: Whether ``transactions`` counts this connection as having autocommit off.
         self._counted_open = False
 
@@ -135,6 +138,11 @@ class DatabaseWrapper(base.DatabaseWrapper):
     def get_new_connection(self, conn_params: dict[str, Any]) -> Any:
         if self.borrowed_from is not None:
             self._give_back()
+        if self.caught_up is not None:
+            (alias, connection), self.caught_up = self.caught_up, None
+            self._borrow(alias)
+            _count_failover(self.alias, alias)
+            return connection
         if role_of(self.alias) is not REPLICA:
             return super().get_new_connection(conn_params)
         if self._next_server is not None:
@@ -202,13 +210,13 @@ class DatabaseWrapper(base.DatabaseWrapper):
 
     def _connect_as_stand_in(self, alias: str) -> Any:
         """A connection to ``alias``'s server, serving this alias for one cursor."""
-        connection = self._connect_to(alias)
+        connection = self.connect_to(alias)
         self._borrow(alias)
         logger.info("replica_router: %s unavailable, reading from %s", self.alias, alias)
         _count_failover(self.alias, alias)
         return connection
 
-    def _connect_to(self, alias: str) -> Any:
+    def connect_to(self, alias: str) -> Any:
         from django.db import connections
 
         params = connections.create_connection(alias).get_connection_params()

@@ -1,5 +1,5 @@
 """The failover engine's cursors: a replica's retries a failed read, the primary's
-notes writes.
+notes writes (and hands a pinned read whose connection broke to a replica).
 
 Cursor classes (the backend's ``make_cursor``, overriding
 ``CursorWrapper.execute``) rather than execute wrappers: Django runs every query
@@ -16,6 +16,7 @@ from django.db import OperationalError
 from django.db.backends import utils
 from django.db.backends.postgresql import base
 
+from replica_router.backends.postgresql.caught_up import read_elsewhere
 from replica_router.writes import note_if_write
 
 __all__ = [
@@ -58,8 +59,13 @@ class WriteNotingMixin:
     _execute_once: Callable[..., Any]
     _executemany_once: Callable[..., Any]
 
+    db: Any  # the engine's DatabaseWrapper
+
     def execute(self, sql: Any, params: Any = None) -> Any:
-        result = self._execute_once(sql, params)
+        try:
+            result = self._execute_once(sql, params)
+        except OperationalError as exc:
+            return read_elsewhere(self.db, self, sql, exc, lambda: self._execute_once(sql, params))
         note_if_write(sql)
         return result
 
