@@ -15,6 +15,11 @@ fleet's health store:
   engine closes each thread's connection to it at that thread's next request
   boundary. Once none is left, the alias is removed.
 
+When the routing itself is replaced (the settings change, a test ends), every
+discovered replica is retired at once, and its alias goes when the last
+connection to it closes (:func:`remove_orphans`): a test that asks for
+``databases="__all__"`` afterwards must not find a replica it never set up.
+
 Aliases are added to and removed from ``django.db.connections.settings`` by
 replacing that dict, never by changing it in place: a thread iterating it
 (``close_old_connections`` at every request) keeps the dict it started with.
@@ -34,7 +39,15 @@ from django.db import connections
 from replica_router.discovery.discoverer import Found
 from replica_router.discovery.sources import Member
 
-__all__ = ["Joined", "Listing", "Topology", "alias_for", "is_retired", "retired_aliases"]
+__all__ = [
+    "Joined",
+    "Listing",
+    "Topology",
+    "alias_for",
+    "is_retired",
+    "remove_orphans",
+    "retired_aliases",
+]
 
 logger = logging.getLogger("replica_router")
 
@@ -129,6 +142,8 @@ class Listing:
 #: Aliases whose connections the failover engine closes at the next request
 #: boundary; read on every ``close_if_unusable_or_obsolete``.
 _retired: frozenset[str] = frozenset()
+#: Retired aliases whose topology is gone, so that none of its turns removes them.
+_orphans: frozenset[str] = frozenset()
 _lock = threading.Lock()
 
 
@@ -143,6 +158,33 @@ def retired_aliases() -> frozenset[str]:
 def _set_retired(aliases: frozenset[str]) -> None:
     global _retired
     _retired = aliases
+
+
+def remove_orphans() -> None:
+    """Remove each alias retired with its routing that has no connection left.
+
+    Run when one of their connections closes, when a pool closing for them
+    ends, and when the routing is replaced.
+    """
+    global _orphans
+    if not _orphans:
+        return
+    # Imported here: the pools module calls this when a close ends.
+    from replica_router import cutoff
+    from replica_router.backends.postgresql import pools
+
+    busy = pools.closing_aliases()
+    with _lock:
+        gone = {a for a in _orphans if a not in busy and cutoff.registry.count(a) == 0}
+        if not gone:
+            return
+        _orphans -= gone
+        _set_retired(_retired - gone)
+        connections.settings = {
+            alias: conf for alias, conf in connections.settings.items() if alias not in gone
+        }
+    for alias in sorted(gone):
+        logger.info("replica_router: retired replica %s; its alias is removed", alias)
 
 
 class Topology:
@@ -260,10 +302,12 @@ class Topology:
         options = {k: v for k, v in template.get("OPTIONS", {}).items() if k not in _NODE_OPTIONS}
         entry["OPTIONS"] = options
         entry["TEST"] = {**template.get("TEST", {}), "MIRROR": None}
-        connections.settings = {**connections.settings, alias: entry}
-        self.installed.add(alias)
+        global _orphans
         with _lock:
+            connections.settings = {**connections.settings, alias: entry}
+            _orphans -= {alias}
             _set_retired(_retired - {alias})
+        self.installed.add(alias)
 
     def _uninstall(self, aliases: set[str]) -> None:
         connections.settings = {
@@ -284,11 +328,17 @@ class Topology:
     def retire_all(self, *, close_pool: Any) -> None:
         """Retire every discovered replica now (the routing is being replaced).
 
-        Their aliases stay in ``connections.settings``, so that each thread's
-        connection to them is still closed at its next request boundary.
+        Each alias stays in ``connections.settings`` while a connection to it
+        is open, so that each thread's is still closed at its next request
+        boundary; :func:`remove_orphans` removes it after the last.
         """
-        if self.installed:
-            with _lock:
-                _set_retired(_retired | self.installed)
-            for alias in sorted(self.installed):
-                close_pool(alias)
+        global _orphans
+        if not self.installed:
+            return
+        with _lock:
+            _set_retired(_retired | self.installed)
+            _orphans |= self.installed
+        for alias in sorted(self.installed):
+            close_pool(alias)
+        self.installed = set()
+        remove_orphans()

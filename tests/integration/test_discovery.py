@@ -148,3 +148,23 @@ def test_a_new_replica_warms_up_from_a_tenth_of_its_share(dns, replica_cluster):
         # up from a tenth of it (weights are scaled by 10 while one warms up).
         assert weights[first] == 10
         assert 1 <= weights[second] <= 2
+
+
+@pytest.mark.parametrize("template", ["default", "replica_2"])  # per request, pooled
+@pytest.mark.usefixtures("db")
+def test_replicas_found_by_a_routing_replaced_go_with_their_last_connection(
+    dns, replica_cluster, template
+):
+    # The routing is replaced when the settings change, as when a test ends;
+    # a later test that asks for databases="__all__" must find only the
+    # aliases the settings name, or its flush runs on a real replica.
+    serve(dns, replica_cluster, "replica_1")
+    first = alias_of(replica_cluster, "replica_1")
+    with discovering(dns, WARMUP_SECONDS=0, TEMPLATE=template):
+        wait_for(lambda: in_rotation() == {first})
+        with connections[first].cursor() as cursor:
+            cursor.execute("SELECT 1")
+    assert first in connections  # its connection is still open
+    connections[first].close()  # as a TransactionTestCase does after each test
+    # A pooled one's pool is closed in the background first.
+    wait_for(lambda: set(connections) == set(settings.DATABASES))

@@ -48,7 +48,7 @@ from replica_router.backends.postgresql.faults import Fault, classify
 from replica_router.backends.postgresql.pools import close_pool_soon
 from replica_router.conf import CONNECT_TIMEOUT, get_config
 from replica_router.cutoff import registry
-from replica_router.discovery.topology import is_retired
+from replica_router.discovery.topology import is_retired, remove_orphans
 from replica_router.router import alternative_for
 from replica_router.runtime import PRIMARY, REPLICA, get_counters, get_monitor, role_of
 from replica_router.signals import replica_state_changed
@@ -91,6 +91,11 @@ class DatabaseWrapper(base.DatabaseWrapper):
             self.close()
             return
         super().close_if_unusable_or_obsolete()
+
+    def close(self) -> None:
+        super().close()
+        if is_retired(self.alias):
+            remove_orphans()
 
     def connect(self) -> None:
         # connect() opens cursors of its own (time zone, role); those must not

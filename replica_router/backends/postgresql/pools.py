@@ -79,3 +79,6 @@ def _close(alias: str) -> None:
     finally:
         with _lock:
             _closing.pop(alias, None)
+        from replica_router.discovery.topology import remove_orphans  # it imports this module
+
+        remove_orphans()
