@@ -16,7 +16,7 @@ DEMO_KEEP ?= 1
 DEMO := $(BIN)/python sample_site/demo.py --dir $(DEMO_DIR)
 SAMPLE_TEST_DIR ?= $(DEMO_DIR)-tests
 
-.PHONY: install test test-unit lint format test-matrix cluster-up cluster-down cluster-status docs bench clean
+.PHONY: install test test-unit lint format test-matrix cluster-up cluster-down cluster-status docs dist bench clean
 .PHONY: test-django-suite
 .PHONY: demo demo-down serve seed test-sample
 
@@ -25,7 +25,7 @@ install: $(VENV)/.installed
 $(VENV)/.installed: pyproject.toml
 	$(PYTHON) -m venv $(VENV)
 	$(BIN)/python -m pip install --quiet --upgrade pip
-	$(BIN)/python -m pip install --quiet -e '.[env]' --group dev --group docs --group bench --group demo
+	$(BIN)/python -m pip install --quiet -e '.[env]' --group dev --group docs --group bench --group demo --group release
 	touch $@
 
 # The system packages a target needs, checked before anything else:
@@ -110,6 +110,14 @@ cluster-status: install
 docs: install
 	$(BIN)/sphinx-build -W --keep-going -q -b html docs docs/_build/html
 
+# The sdist and the wheel in dist/, checked by twine; the wheel must hold the
+# package only (tools/check-wheel).
+dist: install
+	rm -rf dist
+	$(BIN)/python -m build --outdir dist .
+	$(BIN)/twine check --strict dist/*
+	$(BIN)/python tools/check-wheel dist/*.whl
+
 # Benchmarks print their figures; each compares side by side in one process.
 bench: needs-postgresql+wrk+redis+pgpool2+dnsmasq+patroni install
 	mkdir -p docs/bench
@@ -151,4 +159,4 @@ test-sample: needs-postgresql+chromium install
 		env -u DATABASE_URL -u REPLICA_URLS $(BIN)/pytest -c sample_site/pytest.ini sample_site/tests $(PYTEST_ARGS)
 
 clean: cluster-down
-	rm -rf $(VENV) .nox docs/_build .coverage .coverage.*
+	rm -rf $(VENV) .nox docs/_build dist .coverage .coverage.*

@@ -1,7 +1,9 @@
 """pytest fixtures for testing against a real primary with streaming replicas.
 
-Installed as a ``pytest11`` entry point, so any project that installs
-django-replica-router can use them:
+Loaded on request, not into every pytest run of a project that installs
+django-replica-router: ``pytest_plugins = ["replica_router.testing.pytest_plugin"]``
+in the top-level ``conftest.py``, or ``-p replica_router.testing.pytest_plugin``
+in pytest's ``addopts``. It gives:
 
 * ``replica_cluster`` (session): a running :class:`~replica_router.testing.cluster.Cluster`.
   It attaches to the cluster named by ``REPLICA_ROUTER_CLUSTER_DIR`` when that is
