@@ -53,9 +53,12 @@ SELECT pg_is_in_recovery(),
 RECHECK_DELAY = 0.02
 # Needs pg_monitor (or superuser) on managed services; without it these are
 # skipped rather than failing the probe.
+# Without pg_read_all_stats (pg_monitor has it) the WAL receiver's row shows
+# its pid and nothing else: a NULL status is then not known, where no row at
+# all means that no receiver runs.
 _PRIVILEGED_SQL = """
 SELECT (SELECT system_identifier FROM pg_control_system()),
-       (SELECT status FROM pg_stat_wal_receiver LIMIT 1)
+       (SELECT coalesce(status, 'hidden') FROM pg_stat_wal_receiver LIMIT 1)
 """
 _REPLICATION_SQL = """
 SELECT application_name, EXTRACT(epoch FROM replay_lag)::float8
@@ -224,7 +227,8 @@ def _measure(conn: psycopg.Connection[Any], started: float, timeout: float) -> P
     else:
         assert extra is not None
         system_identifier = int(extra[0]) if extra[0] is not None else None
-        streaming = extra[1] == "streaming" if in_recovery else None
+        if in_recovery and extra[1] != "hidden":
+            streaming = extra[1] == "streaming"
     lags: dict[str, float] = {}
     if not in_recovery:
         with _suppress_privileges():

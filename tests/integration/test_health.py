@@ -30,8 +30,9 @@ from django.test import override_settings
 
 from replica_router import NoReplicaAvailable
 from replica_router.conf import parse_settings
-from replica_router.health import NodeStatus, Snapshot, State
+from replica_router.health import NodeStatus, Snapshot, State, policy
 from replica_router.health.monitor import Monitor
+from replica_router.health.probe import ProbeConnections
 from replica_router.runtime import get_monitor
 from replica_router.signals import replica_state_changed
 from replica_router.testing.cluster import PRIMARY, Cluster
@@ -626,3 +627,39 @@ def test_recovery_conflicts_are_counted_per_replica_with_a_rate(
     assert primary.recovery_conflicts_per_second is None
     public = monitor.snapshot.as_dict(topology=False)["nodes"][1]
     assert public["recovery_conflicts"] == node("replica_1").recovery_conflicts
+
+
+@pytest.fixture
+def plain_role(replica_cluster: Cluster) -> Iterator[str]:
+    """A login role with no pg_monitor: what a site's own database user often is."""
+    replica_cluster.query(PRIMARY, "CREATE ROLE replica_router_plain LOGIN")
+    yield "replica_router_plain"
+    replica_cluster.query(PRIMARY, "DROP ROLE replica_router_plain")
+
+
+def test_without_pg_monitor_an_idle_caught_up_replica_has_no_lag(replica_cluster, plain_role):
+    # Such a role sees the WAL receiver's row with a NULL status: not known,
+    # rather than not streaming (which would measure lag by the age of the
+    # last transaction replayed, and eject an idle replica on a quiet site).
+    replica_cluster.wait_replayed()
+    probes = ProbeConnections()
+    try:
+        found = {
+            name: probes.probe(
+                name,
+                {
+                    "host": "127.0.0.1",
+                    "port": replica_cluster.port(name),
+                    "dbname": "postgres",
+                    "user": plain_role,
+                },
+                timeout=5.0,
+            )
+            for name in (PRIMARY, "replica_1")
+        }
+    finally:
+        probes.close()
+    replica = found["replica_1"]
+    assert replica.ok and replica.in_recovery
+    assert replica.streaming is None
+    assert policy.lag_seconds(replica, found[PRIMARY], "replica_1") == 0.0
