@@ -116,8 +116,9 @@ class Routing:
         if self.monitor is not None:
             self.monitor.on_replicas = self._follow
         # The first read that would go to a replica starts the monitor, never
-        # an import or migrate; until then this is True.
-        self.awaiting_monitor = self.monitor is not None
+        # an import or migrate; until then this is True. A migrate sets it
+        # again, so that its reads stay on the primary, health checks or not.
+        self.awaiting_monitor = self.monitor is not None or migrating
         self.read_your_writes = config.read_your_writes != "off"
         self.monotonic_reads = config.monotonic_reads
         #: The longest wait between two verdicts on a replica (max_lag budgets).
@@ -183,8 +184,8 @@ class Routing:
         """Start health monitoring; False while migrate runs (read from the primary)."""
         if migrating:
             return False
-        assert self.monitor is not None
-        self.monitor.start(wait=True)
+        if self.monitor is not None:
+            self.monitor.start(wait=True)
         self.awaiting_monitor = False
         return True
 
@@ -391,6 +392,9 @@ def reset(*, setting: str, **kwargs: Any) -> None:
 def _on_pre_migrate(**kwargs: object) -> None:
     global migrating
     migrating = True
+    routing = current
+    if routing is not None:  # built before: its reads go by the monitor's gate
+        routing.awaiting_monitor = True
 
 
 def _on_post_migrate(**kwargs: object) -> None:

@@ -5,13 +5,15 @@ from __future__ import annotations
 import os
 import socket
 
+import pytest
 from django.conf import settings
 from django.test import Client, override_settings
 
 import replica_router
-from replica_router import runtime
+from replica_router import ReplicaRouter, runtime
 from replica_router.conf import get_config
 from replica_router.cutoff import registry
+from testbed.testapp.models import Author
 from tests.unit.test_monitor import FakeConnection
 
 SWAPPED = {"PRIMARY": "replica_2", "REPLICAS": ["replica_1"], "HEALTH_CHECKS": False}
@@ -50,6 +52,31 @@ def test_migrate_keeps_reads_on_the_primary_without_starting_the_monitor():
             assert routing.monitor is not None and not routing.monitor.running
         finally:
             runtime._on_post_migrate()
+
+
+@pytest.mark.parametrize("health_checks", [True, False])
+def test_reads_during_a_migrate_go_to_the_primary_with_the_monitor_running_or_off(
+    health_checks,
+):
+    # A migrate run by a process whose routing is built already (call_command
+    # in a running site, a test's set-up): a non-atomic migration's reads must
+    # see its own writes.
+    router = ReplicaRouter()
+    config = {"REPLICAS": ["replica_1"], "CHECK_INTERVAL": 60, "HEALTH_CHECKS": health_checks}
+    with override_settings(REPLICA_ROUTER=config):
+        routing = runtime.load()
+        routing.awaiting_monitor = False  # as if started, or with no monitor at all
+        routing.balancer.rotation = frozenset({"replica_1"})
+        assert router.db_for_read(Author) == "replica_1"
+        runtime._on_pre_migrate()
+        try:
+            assert router.db_for_read(Author) == "default"
+        finally:
+            runtime._on_post_migrate()
+        if routing.monitor is not None:
+            routing.monitor.stop()
+            routing.awaiting_monitor = False
+        assert router.db_for_read(Author) == "replica_1"
 
 
 def test_a_forked_child_starts_its_own_monitor():
