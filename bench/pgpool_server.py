@@ -7,7 +7,7 @@ directory of its own. A system pgpool service that the package may have
 started is neither used nor touched: it listens on its own ports.
 
 ``settings()`` is the whole configuration, so that the benchmark can print
-every setting it ran with; docs/benchmarks.md explains each one.
+every setting it ran with; docs/bench/pgpool.txt prints each one.
 """
 
 from __future__ import annotations

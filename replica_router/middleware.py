@@ -214,7 +214,7 @@ class PrimaryPinningMiddleware:
         from, so that the next request reads there too. A request that read
         from the primary (no replica had the write yet) leaves the cookie as it
         is: raising its position to the primary's would keep the client on the
-        primary for as long as anyone writes (docs/consistency.md has figures).
+        primary for as long as anyone writes (docs/benchmarks.md has figures).
         """
         assert state.min_lsn is not None
         node = state.reading_from

@@ -4,7 +4,7 @@ Both serve :meth:`Snapshot.as_dict <replica_router.health.model.Snapshot.as_dict
 with topology, each node also gets ``pool``: the statistics of the psycopg pool
 that Django keeps for that alias in *this* process, or None when the alias is
 not pooled. Reading them is an in-memory lookup; it never opens a connection.
-The schema is documented in docs/health.md.
+The schema is documented in docs/replica-health.md.
 """
 
 from __future__ import annotations

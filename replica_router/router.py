@@ -227,7 +227,7 @@ class ReplicaRouter:
     A read goes to the primary instead when it runs under ``use_primary``, inside
     ``transaction.atomic()`` on the primary (so it sees the transaction's own
     writes), for a model or app in ``PRIMARY_ONLY``, or when no replica is
-    configured. Configure it with ``settings.REPLICA_ROUTER``; see docs/router.md.
+    configured. Configure it with ``settings.REPLICA_ROUTER``; see docs/routing.md.
     """
 
     def db_for_read(self, model: type[Model], **hints: Any) -> str | None:

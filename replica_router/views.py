@@ -10,7 +10,7 @@ Wire them in your URLconf::
     ]
 
 Neither opens a database connection: ``replica_health`` serves what this
-process's health monitor last published (docs/health.md gives the schema), and
+process's health monitor last published (docs/replica-health.md gives the schema), and
 ``metrics`` serves prometheus-client's default registry (docs/metrics.md).
 """
 

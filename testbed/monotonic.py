@@ -41,7 +41,7 @@ DELAYED = "replica_1"
 DELAY_SECONDS = 1.5
 #: How often the counter is bumped on the primary.
 BUMP_INTERVAL = 0.01
-#: The pinning middleware first, as docs/read-your-writes.md says.
+#: The pinning middleware first, as docs/installation.md says.
 MIDDLEWARE = [
     "replica_router.middleware.PrimaryPinningMiddleware",
     "django.contrib.sessions.middleware.SessionMiddleware",

@@ -3,7 +3,7 @@
 ``make test`` runs them in a pass of their own, under ``python -m
 replica_router.testing.patroni run``, which brings the cluster up and sets
 REPLICA_ROUTER_PATRONI_DIR. The primary is every node as one libpq multi-host
-alias that takes the writable one (docs/platforms.md); the replicas are what
+alias that takes the writable one (docs/discovery.md); the replicas are what
 Patroni's REST API lists, found by discovery.
 """
 

@@ -101,7 +101,7 @@ class NodeStatus:
         return None if self.lsn is None else format_lsn(self.lsn)
 
     def as_dict(self, *, topology: bool) -> dict[str, Any]:
-        """The JSON form (see docs/health.md); ``topology`` adds hosts and errors."""
+        """The JSON form (see docs/replica-health.md); ``topology`` adds hosts and errors."""
         data: dict[str, Any] = {
             "alias": self.alias,
             "role": self.role,

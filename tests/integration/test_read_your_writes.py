@@ -342,7 +342,7 @@ def test_a_token_from_a_write_sends_a_later_read_in_another_thread_to_the_primar
 
 @db
 def test_the_documented_task_queue_pattern(replica_cluster: Cluster, pause_replica):
-    """The pattern docs/read-your-writes.md shows for Celery, with a plain queue."""
+    """The current_token()/causal() pattern docs/routing.md shows, with a plain queue."""
     jobs: queue.Queue = queue.Queue()
 
     def enqueue(task, *args, headers):  # stands in for task.apply_async(headers=...)

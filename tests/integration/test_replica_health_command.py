@@ -41,7 +41,7 @@ ROOT = Path(__file__).resolve().parents[2]
 STATES = {"healthy", "lagging", "down", "ejected", "unknown"}
 LSN = re.compile(r"^[0-9A-F]+/[0-9A-F]+$")
 
-# The documented JSON schema (docs/health.md): key -> allowed JSON types.
+# The documented JSON schema (docs/replica-health.md): key -> allowed JSON types.
 NUMBER = (int, float)
 NODE_SCHEMA = {
     "alias": (str,),

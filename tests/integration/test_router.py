@@ -230,7 +230,7 @@ def test_copy_is_recorded_in_connection_queries_like_any_statement(alias: str):
 @db
 def test_a_raw_locking_read_goes_to_a_replica_unless_sent_to_the_primary():
     # Django cannot tell a raw SELECT ... FOR UPDATE from a read, so neither can
-    # a router: the standby refuses it, plainly. docs/router.md says to use
+    # a router: the standby refuses it, plainly. docs/routing.md says to use
     # use_primary() or .using() for it, as the primary is where locks are.
     author = AuthorFactory()
     locking = f"SELECT * FROM {Author._meta.db_table} FOR UPDATE"

@@ -18,7 +18,9 @@ def test_marked():
 
 
 def run_pytest(project: Path, *args: str) -> subprocess.CompletedProcess[str]:
-    (project / "pytest.ini").write_text("[pytest]\naddopts = --strict-markers -p no:cacheprovider -p no:django\n")
+    # Without pytest-django, which would look for the project's settings.
+    ini = "[pytest]\naddopts = --strict-markers -p no:cacheprovider -p no:django\n"
+    (project / "pytest.ini").write_text(ini)
     (project / "test_marked.py").write_text(TEST)
     return subprocess.run(
         [sys.executable, "-m", "pytest", *args],

@@ -2,7 +2,7 @@
 
 The command probes live, with a :class:`~replica_router.health.monitor.Monitor` of its
 own and connections of its own: it does not depend on, or talk to, the monitor
-of any running server. See docs/health.md for the columns, the JSON schema and
+of any running server. See docs/replica-health.md for the columns, the JSON schema and
 the exit statuses.
 """
 
@@ -77,7 +77,7 @@ class Command(BaseCommand):
             "--format",
             choices=["table", "json"],
             default="table",
-            help="table (the default) or json: the schema documented in docs/health.md; "
+            help="table (the default) or json: the schema documented in docs/replica-health.md; "
             "with --watch, one JSON document per line.",
         )
         parser.add_argument(
