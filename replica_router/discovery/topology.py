@@ -36,6 +36,8 @@ from typing import Any, Final
 
 from django.db import connections
 
+from replica_router import cutoff
+from replica_router.backends.postgresql import pools
 from replica_router.discovery.discoverer import Found
 from replica_router.discovery.sources import Member
 
@@ -169,10 +171,6 @@ def remove_orphans() -> None:
     global _orphans
     if not _orphans:
         return
-    # Imported here: the pools module calls this when a close ends.
-    from replica_router import cutoff
-    from replica_router.backends.postgresql import pools
-
     busy = pools.closing_aliases()
     with _lock:
         gone = {a for a in _orphans if a not in busy and cutoff.registry.count(a) == 0}
@@ -339,6 +337,6 @@ class Topology:
             _set_retired(_retired | self.installed)
             _orphans |= self.installed
         for alias in sorted(self.installed):
-            close_pool(alias)
+            close_pool(alias, then=remove_orphans)
         self.installed = set()
         remove_orphans()

@@ -54,9 +54,10 @@ def our_graph(paths: list[Path]) -> dict[str, set[str]]:
     for name, path in modules.items():
         edges = set()
         for module, names in imports(path):
-            if module == top:  # ``from replica_router import runtime``
-                edges |= {f"{top}.{n}" for n in names} & modules.keys()
-            elif module in modules:
+            # ``from replica_router import runtime``, ``from .postgresql import pools``
+            submodules = {f"{module}.{n}" for n in names} & modules.keys()
+            edges |= submodules
+            if module in modules and (module != top or not submodules):
                 edges.add(module)
         graph[name] = edges - {name}
     return graph

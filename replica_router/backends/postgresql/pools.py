@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import logging
 import threading
+from collections.abc import Callable
 
 from django.db import connections
 
@@ -27,15 +28,16 @@ _lock = threading.Lock()
 _closing: dict[str, threading.Thread] = {}
 
 
-def close_pool_soon(alias: str) -> None:
-    """Close ``alias``'s pool, if it has one, in the background."""
+def close_pool_soon(alias: str, then: Callable[[], None] | None = None) -> None:
+    """Close ``alias``'s pool, if it has one, in the background; ``then`` runs
+    once it is closed."""
     if not connections.settings[alias].get("OPTIONS", {}).get("pool"):
         return
     with _lock:
         if alias in _closing:
             return
         thread = threading.Thread(
-            target=_close, args=(alias,), name=f"replica-router-close-{alias}", daemon=True
+            target=_close, args=(alias, then), name=f"replica-router-close-{alias}", daemon=True
         )
         _closing[alias] = thread
     thread.start()
@@ -63,7 +65,7 @@ def forget() -> None:
     _closing.clear()
 
 
-def _close(alias: str) -> None:
+def _close(alias: str, then: Callable[[], None] | None) -> None:
     try:
         # This thread's own wrapper: the pool is shared by every thread's.
         wrapper = connections[alias]
@@ -79,6 +81,5 @@ def _close(alias: str) -> None:
     finally:
         with _lock:
             _closing.pop(alias, None)
-        from replica_router.discovery.topology import remove_orphans  # it imports this module
-
-        remove_orphans()
+        if then is not None:
+            then()
