@@ -1,9 +1,10 @@
 """pytest fixtures for testing against a real primary with streaming replicas.
 
 Loaded on request, not into every pytest run of a project that installs
-django-replica-router: ``pytest_plugins = ["replica_router.testing.pytest_plugin"]``
-in the top-level ``conftest.py``, or ``-p replica_router.testing.pytest_plugin``
-in pytest's ``addopts``. It gives:
+django-replica-router: ``-p replica_router.testing.pytest_plugin`` in pytest's
+``addopts`` (which ``--replica-cluster`` needs), or
+``pytest_plugins = ["replica_router.testing.pytest_plugin"]`` in the top-level
+``conftest.py``. It gives:
 
 * ``replica_cluster`` (session): a running :class:`~replica_router.testing.cluster.Cluster`.
   It attaches to the cluster named by ``REPLICA_ROUTER_CLUSTER_DIR`` when that is
@@ -62,6 +63,14 @@ def pytest_addoption(parser: pytest.Parser) -> None:
 
 
 def pytest_configure(config: pytest.Config) -> None:
+    if config.getoption("replica_cluster") and not _started and not os.environ.get(_ENV_DIR):
+        # pytest calls pytest_load_initial_conftests only for plugins named
+        # before the conftest files load, so pytest_plugins comes too late.
+        raise pytest.UsageError(
+            "--replica-cluster needs the plugin loaded with "
+            "-p replica_router.testing.pytest_plugin (on the command line or in "
+            "addopts), not through pytest_plugins in conftest.py"
+        )
     config.addinivalue_line(
         "markers",
         "replica_routing: route reads to the mirrored replicas for real in this test",

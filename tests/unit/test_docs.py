@@ -16,7 +16,9 @@ from replica_router.management.commands.replica_health import Command
 from replica_router.report import POOL_FIELDS
 
 ROOT = Path(__file__).resolve().parents[2]
-HEALTH = (ROOT / "docs" / "health.md").read_text()
+#: The replica_health reference: command flags, table columns, JSON fields,
+#: states and the signal.
+HEALTH = (ROOT / "docs" / "replica-health.md").read_text()
 
 
 def test_every_setting_has_a_section():
@@ -125,3 +127,33 @@ def test_every_table_column_is_documented_and_shown_in_the_example():
     assert {column for column in COLUMNS if f"`{column}`" not in reference} == set()
     example = _section("$ python manage.py replica_health\n", "\n")
     assert re.split(r"\s{2,}", example.strip()) == list(COLUMNS)
+
+
+# A measured figure: a number with a unit benchmarks print.
+_FIGURE = re.compile(r"\d[\d.,]*\s?(?:ms|µs|ns|%|×|x faster|req/s)(?!\w)")
+
+
+def test_figures_reach_the_docs_only_from_docs_bench():
+    """A page shows a benchmark figure by including docs/bench/*.txt, never by
+    copying it: a copy goes stale when the benchmarks run again."""
+    pages = [*(ROOT / "docs").glob("*.md"), ROOT / "README.md"]
+    copied = {}
+    for page in pages:
+        prose = re.sub(r"^```.*?^```", "", page.read_text(), flags=re.MULTILINE | re.DOTALL)
+        found = _FIGURE.findall(prose)
+        if found:
+            copied[page.name] = found
+    assert copied == {}
+    assert "bench/" in (ROOT / "docs" / "benchmarks.md").read_text()
+
+
+def test_every_link_has_text():
+    """``[](page.md)`` renders as nothing on GitHub, where the README sends readers."""
+    pages = [*(ROOT / "docs").glob("*.md"), ROOT / "README.md", ROOT / "CONTRIBUTING.md"]
+    empty = {page.name for page in pages if "[](" in page.read_text()}
+    assert empty == set()
+
+
+def test_the_docs_stay_within_their_word_budget():
+    pages = [page for page in (ROOT / "docs").glob("*.md") if page.name != "changelog.md"]
+    assert sum(len(page.read_text().split()) for page in pages) <= 12_000

@@ -46,3 +46,15 @@ def test_a_project_that_does_not_ask_gets_nothing_of_ours(tmp_path):
     assert result.returncode != 0
     assert "'replica_routing' not found in `markers`" in result.stdout
     assert "--replica-cluster" not in run_pytest(tmp_path, "--help").stdout
+
+
+def test_replica_cluster_asks_for_the_plugin_by_p(tmp_path, monkeypatch):
+    # Loaded from conftest.py, the plugin is too late to start a cluster
+    # before the settings are read: it says so rather than start none.
+    monkeypatch.delenv("REPLICA_ROUTER_CLUSTER_DIR", raising=False)
+    (tmp_path / "conftest.py").write_text(
+        'pytest_plugins = ["replica_router.testing.pytest_plugin"]\n'
+    )
+    result = run_pytest(tmp_path, "--replica-cluster")
+    assert result.returncode != 0
+    assert "--replica-cluster needs the plugin loaded with -p" in result.stderr
