@@ -257,6 +257,10 @@ class Command(BaseCommand):
         serving = sum(1 for node in snapshot.replicas if node.in_rotation)
         total = len(snapshot.replicas)
         detail = f"{serving} of {total} replicas serve reads"
+        # Probed and in rotation, but picked never: a replica being rolled out.
+        unweighted = sum(1 for node in snapshot.replicas if node.in_rotation and node.weight == 0)
+        if unweighted:
+            detail = f"{detail}, {unweighted} of them at weight 0 (given no reads)"
         if snapshot.primary.state is State.DOWN:
             detail = f"the primary is unreachable; {detail}"
         text = f"{overall}: {detail} (exit status {snapshot.exit_code})"
