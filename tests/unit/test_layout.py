@@ -173,3 +173,13 @@ def test_the_top_of_tests_holds_test_packages_only():
     # Shared harnesses are in testbed/, helpers only tests use in tests/support/.
     modules = sorted(path.name for path in (ROOT / "tests").glob("*.py"))
     assert modules == ["__init__.py", "conftest.py"]
+
+
+def test_no_module_is_over_450_lines():
+    """A module that long holds more than one concept: split it."""
+    long = {
+        str(path.relative_to(ROOT)): n
+        for path in PACKAGE.rglob("*.py")
+        if (n := len(path.read_text().splitlines())) > 450
+    }
+    assert long == {}
