@@ -188,8 +188,9 @@ def test_a_replica_that_dies_during_a_takeover_is_taken_out_by_the_first_read_se
 ):
     """The prober is SIGKILLed, and replica_1 dies a moment later, while no
     process probes. Readers still route by the last snapshot, which has it in
-    rotation: the first read sent there fails over and reports it, and every
-    worker takes it out at its next turn, before any new prober has probed.
+    rotation: the first read sent there fails over and reports it, and the
+    other workers take it out at their next turn, before any new prober has
+    probed.
     The new prober starts with a probe of its own, not with the dead holder's
     opinion, so nothing brings it back.
 
@@ -213,7 +214,17 @@ def test_a_replica_that_dies_during_a_takeover_is_taken_out_by_the_first_read_se
     assert [read for read in death.sent_there if read[0] < death.takeover.new_prober_since], (
         "no read was sent there before the takeover"
     )
-    assert death.last_out < death.took_over, (
+    # The report reached the others: a worker that sent no read there took it
+    # out while no process probed. Not every worker: one the machine does not
+    # schedule for a while looks at the store late, and then may learn of the
+    # death from the new prober instead (seen once, with 1 of 7 workers late).
+    senders = {read[1] for read in death.sent_there}
+    by_report = [
+        pid
+        for pid, after in death.out_after.items()
+        if pid not in senders and after < death.took_over
+    ]
+    assert by_report, (
         f"workers took replica_1 out after {sorted(death.out_after.values())} s, "
         f"the new prober took over after {death.took_over:.2f} s"
     )
