@@ -25,7 +25,7 @@ from collections.abc import Iterable, Mapping
 from pathlib import Path
 from types import TracebackType
 
-from replica_router.testing.processes import end
+from replica_router.testing.processes import end, free_port
 
 __all__ = ["DnsServer", "DnsServerError", "find_dnsmasq"]
 
@@ -50,20 +50,6 @@ def find_dnsmasq() -> str:
     return path
 
 
-def _free_port() -> int:
-    # dnsmasq listens on both UDP and TCP: find a port free for both.
-    while True:
-        with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as udp:
-            udp.bind((HOST, 0))
-            port: int = udp.getsockname()[1]
-            with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as tcp:
-                try:
-                    tcp.bind((HOST, port))
-                except OSError:
-                    continue
-        return port
-
-
 class DnsServer:
     """One dnsmasq child process on a free loopback port; a context manager."""
 
@@ -71,7 +57,7 @@ class DnsServer:
         self.ttl = ttl
         self._binary = binary
         self._directory = Path(tempfile.mkdtemp(prefix="replica-router-dns-"))
-        self.port = _free_port()
+        self.port = free_port(udp=True)  # dnsmasq listens on both
         self._process: subprocess.Popen[bytes] | None = None
         self._srv: dict[str, list[tuple[str, int]]] = {}
         self._hosts: dict[str, str] = {}

@@ -6,9 +6,12 @@ the lookups find nothing.
 
 from __future__ import annotations
 
+import contextlib
+import random
 import socket
 import subprocess
 from pathlib import Path
+from typing import Final
 
 __all__ = [
     "children",
@@ -67,11 +70,28 @@ def processes_with(*markers: bytes) -> list[int]:
     return found
 
 
-def free_port() -> int:
-    """A TCP port on 127.0.0.1 that nothing listens on at this moment."""
-    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
-        s.bind(("127.0.0.1", 0))
-        port: int = s.getsockname()[1]
+#: Ports below every common ephemeral range (Linux starts at 32768, macOS and
+#: Windows at 49152). A test server stopped and started again on its port (a
+#: killed replica, a halted DNS server) frees it meanwhile, and a port the
+#: kernel hands out to outgoing connections (a test's many client sockets)
+#: could be taken in that moment: dnsmasq then failed with "Address already in use".
+PORTS: Final = range(20000, 32768)
+
+
+def free_port(*, udp: bool = False) -> int:
+    """A port on 127.0.0.1, outside the ephemeral range, that nothing listens
+    on at this moment: for TCP, and for UDP too if ``udp``."""
+    while True:
+        port = random.choice(PORTS)  # any free one will do: no seed needed
+        with contextlib.ExitStack() as sockets:
+            kinds = [socket.SOCK_STREAM, socket.SOCK_DGRAM] if udp else [socket.SOCK_STREAM]
+            try:
+                for kind in kinds:
+                    sockets.enter_context(socket.socket(socket.AF_INET, kind)).bind(
+                        ("127.0.0.1", port)
+                    )
+            except OSError:
+                continue
         return port
 
 

@@ -26,7 +26,7 @@ import time
 from pathlib import Path
 from types import TracebackType
 
-from replica_router.testing.processes import end
+from replica_router.testing.processes import end, free_port
 
 __all__ = ["RedisServer", "RedisServerError", "find_redis_server", "ping"]
 
@@ -47,13 +47,6 @@ def find_redis_server() -> str:
             "  macOS:         brew install redis"
         )
     return path
-
-
-def _free_port() -> int:
-    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
-        s.bind((HOST, 0))
-        port: int = s.getsockname()[1]
-        return port
 
 
 def ping(port: int, *, timeout: float = 1.0) -> bool:
@@ -109,7 +102,7 @@ class RedisServer:
         # A free port can be taken by someone else before the server binds it;
         # then the server exits at once, and another port is tried. A server
         # brought back after halt() must keep its URL: one try, on its port.
-        ports = [self._port] if self._port is not None else [_free_port() for _ in range(3)]
+        ports = [self._port] if self._port is not None else [free_port() for _ in range(3)]
         for port in ports:
             with log.open("ab") as out:
                 self._process = subprocess.Popen(
