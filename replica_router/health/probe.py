@@ -52,10 +52,9 @@ SELECT pg_is_in_recovery(),
 #: this long before its lag is taken to be the age of its last transaction.
 RECHECK_DELAY = 0.02
 # Needs pg_monitor (or superuser) on managed services; without it these are
-# skipped rather than failing the probe.
-# Without pg_read_all_stats (pg_monitor has it) the WAL receiver's row shows
-# its pid and nothing else: a NULL status is then not known, where no row at
-# all means that no receiver runs.
+# skipped rather than failing the probe. Without pg_read_all_stats (which
+# pg_monitor has) the WAL receiver's row shows only its pid: a NULL status is
+# then not known, where no row at all means that no receiver runs.
 _PRIVILEGED_SQL = """
 SELECT (SELECT system_identifier FROM pg_control_system()),
        (SELECT coalesce(status, 'hidden') FROM pg_stat_wal_receiver LIMIT 1)
